@@ -296,7 +296,7 @@ class Config:
                 close = difflib.get_close_matches(key, list(_all_keys()), n=3)
                 hint = f" Did you mean {', '.join(close)}?" if close else ""
                 raise ConfigError(
-                    f"Unknown config key {key!r}.{hint} `dmx train --help-config` lists every key."
+                    f"Unknown config key {key!r}.{hint} `dmx config --docs` lists every key."
                 )
             per_section[section][name] = _coerce(key, types[name], raw)
         kwargs: dict[str, Any] = {"preset": preset}
