@@ -1,0 +1,323 @@
+"""Persisted noisy labels: one parquet file per noise parameter set.
+
+A noisy-label vector is data, not a by-product of a run: every trial of a sweep, every resumed
+run and every analysis must see the same labels. So the vector is generated once over the FULL
+training set (subsets and validation splits select rows from it later), written atomically, and
+identified by its parameters and content hash.
+
+File layout (columns): `index` int64 (original training index), `true_label` int64,
+`noisy_label` int64. Schema metadata key `dmx.noise` holds JSON: the generator params (dataset,
+mode, rate, seed, exclude_true_class, human_file, human_key, num_samples, num_classes,
+true_labels_sha256) and `realised_rate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dmx.data import ImageDataset
+from dmx.noise import asymmetric_noise, load_human_labels, noise_rate, symmetric_noise
+
+METADATA_KEY = b"dmx.noise"
+MODES = ("none", "sym", "asym", "human")
+FORMAT_VERSION = 1  # bump when the generator's definition changes: old files then mismatch
+
+
+class NoisyLabelFileError(ValueError):
+    """A noisy-label file does not match the dataset or the requested parameters."""
+
+
+@dataclass(frozen=True)
+class NoisyLabels:
+    """Noisy labels of the full training set and where they came from."""
+
+    path: Path
+    true_labels: np.ndarray = field(repr=False)  # (N,) int64
+    noisy_labels: np.ndarray = field(repr=False)  # (N,) int64
+    params: dict[str, Any]  # generator parameters (see module docstring)
+    realised_rate: float  # fraction of samples whose noisy label differs from the true one
+    sha256: str  # of the file's bytes: the provenance hash logged with every run
+
+    @property
+    def is_clean(self) -> np.ndarray:
+        """(N,) bool: noisy label equals the true label."""
+        return self.noisy_labels == self.true_labels
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _params_hash(params: dict[str, Any]) -> str:
+    return _sha256_bytes(json.dumps(params, sort_keys=True).encode())
+
+
+def _rate_tag(rate: float) -> str:
+    return f"{rate:g}"
+
+
+def _atomic_write_table(table: pa.Table, path: Path) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over `path`.
+
+    A crash leaves either the old file or none — never a truncated parquet that a later run
+    would read as garbage. The temp file is removed if writing fails.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (POSIX); not possible on every platform
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def write_noisy_labels(
+    path: str | Path,
+    *,
+    true_labels: np.ndarray,
+    noisy_labels: np.ndarray,
+    params: dict[str, Any],
+) -> NoisyLabels:
+    """Atomically write (N,) true / noisy labels with `params` as metadata; returns the record."""
+    path = Path(path)
+    true_labels = np.asarray(true_labels, dtype=np.int64)
+    noisy_labels = np.asarray(noisy_labels, dtype=np.int64)
+    if true_labels.shape != noisy_labels.shape or true_labels.ndim != 1:
+        raise ValueError(
+            f"true {true_labels.shape} and noisy {noisy_labels.shape} labels must be 1-D of the "
+            "same length."
+        )
+    rate = noise_rate(true_labels, noisy_labels)
+    meta = {"params": params, "realised_rate": rate}
+    table = pa.table(
+        {
+            "index": pa.array(np.arange(len(true_labels), dtype=np.int64)),
+            "true_label": pa.array(true_labels),
+            "noisy_label": pa.array(noisy_labels),
+        }
+    ).replace_schema_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
+    _atomic_write_table(table, path)
+    return NoisyLabels(
+        path=path,
+        true_labels=true_labels,
+        noisy_labels=noisy_labels,
+        params=params,
+        realised_rate=rate,
+        sha256=_file_sha256(path),
+    )
+
+
+def load_noisy_labels(
+    path: str | Path,
+    *,
+    expected_num_samples: int | None = None,
+    num_classes: int | None = None,
+) -> NoisyLabels:
+    """Read a noisy-label parquet and check it against the dataset it will be used with.
+
+    Rows are returned in `index` order. Raises NoisyLabelFileError naming the file, the mismatch
+    and the fix when the length or the class range does not fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"noisy-label file {path} does not exist: check noise.label_file, or leave it empty "
+            "to generate labels from the noise parameters."
+        )
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise NoisyLabelFileError(
+            f"{path}: not a readable parquet file ({e}). Delete it; it is regenerated from the "
+            "noise parameters on the next run."
+        ) from e
+    missing = {"index", "true_label", "noisy_label"} - set(table.column_names)
+    if missing:
+        raise NoisyLabelFileError(
+            f"{path}: missing columns {sorted(missing)} (has {table.column_names}). It is not a "
+            "dmx noisy-label file; delete it or point noise.label_file at the right file."
+        )
+    raw_meta = (table.schema.metadata or {}).get(METADATA_KEY)
+    meta = json.loads(raw_meta) if raw_meta else {}
+    index = table.column("index").to_numpy().astype(np.int64)
+    true = table.column("true_label").to_numpy().astype(np.int64)
+    noisy = table.column("noisy_label").to_numpy().astype(np.int64)
+    n = len(index)
+    if not np.array_equal(np.sort(index), np.arange(n)):
+        raise NoisyLabelFileError(
+            f"{path}: column `index` is not a permutation of 0..{n - 1}; the file is damaged. "
+            "Delete it and regenerate it."
+        )
+    order = np.argsort(index)
+    true, noisy = true[order], noisy[order]
+    if expected_num_samples is not None and n != expected_num_samples:
+        raise NoisyLabelFileError(
+            f"{path} holds {n} labels but the training set has {expected_num_samples} samples: "
+            "the file belongs to another dataset. Pass the file made for this dataset, or delete "
+            "it to regenerate."
+        )
+    if num_classes is not None and n:
+        lo, hi = int(min(true.min(), noisy.min())), int(max(true.max(), noisy.max()))
+        if lo < 0 or hi >= num_classes:
+            raise NoisyLabelFileError(
+                f"{path} has labels in [{lo}, {hi}] but the dataset has {num_classes} classes: "
+                "the file belongs to another dataset. Pass the right dataset or delete the file."
+            )
+    return NoisyLabels(
+        path=path,
+        true_labels=true,
+        noisy_labels=noisy,
+        params=meta.get("params", {}),
+        realised_rate=noise_rate(true, noisy),
+        sha256=_file_sha256(path),
+    )
+
+
+def noise_params(
+    dataset: ImageDataset,
+    *,
+    mode: str,
+    rate: float,
+    seed: int,
+    exclude_true_class: bool = False,
+    human_file: str | None = None,
+    human_key: str | None = None,
+) -> dict[str, Any]:
+    """The parameter dict that identifies a noisy-label vector (stored in, and naming, the file).
+
+    Parameters that do not affect a mode are normalised away (e.g. rate for "human"), so two
+    requests for the same labels share one file.
+    """
+    if mode not in MODES:
+        raise ValueError(f"noise mode {mode!r} is unknown: choose one of {MODES}.")
+    if not 0.0 <= float(rate) <= 1.0:
+        raise ValueError(f"noise rate {rate!r} is out of range: pass a fraction in [0, 1].")
+    true = dataset.train_labels.numpy().astype(np.int64)
+    human = mode == "human"
+    return {
+        "format": FORMAT_VERSION,
+        "dataset": dataset.name,
+        "mode": mode,
+        "rate": float(rate) if mode in ("sym", "asym") else 0.0,
+        "seed": int(seed) if mode in ("sym", "asym") else 0,
+        "exclude_true_class": bool(exclude_true_class) if mode == "sym" else False,
+        # the file's name, not its folder: the same CIFAR-N file may live anywhere
+        "human_file": Path(human_file).name if human and human_file else None,
+        "human_key": human_key if human else None,
+        "num_samples": len(true),
+        "num_classes": dataset.num_classes,
+        "true_labels_sha256": _sha256_bytes(true.tobytes()),
+    }
+
+
+def _generate(dataset: ImageDataset, params: dict[str, Any], human_file: str | None) -> np.ndarray:
+    true = dataset.train_labels.numpy().astype(np.int64)
+    mode = params["mode"]
+    rng = np.random.default_rng(params["seed"])
+    if mode == "none":
+        return true.copy()
+    if mode == "sym":
+        return symmetric_noise(
+            true,
+            rate=params["rate"],
+            num_classes=dataset.num_classes,
+            rng=rng,
+            exclude_true_class=params["exclude_true_class"],
+        )
+    if mode == "asym":
+        if dataset.asym_transition is None:
+            raise ValueError(
+                f"dataset {dataset.name!r} defines no asymmetric class transition: use "
+                "noise.mode=sym or human, or a dataset with asym_transition."
+            )
+        return asymmetric_noise(true, rate=params["rate"], transition=dataset.asym_transition,
+                                rng=rng)  # fmt: skip
+    # human: CIFAR-N labels are in the original training order of the full set
+    if not human_file or not params["human_key"]:
+        raise ValueError("noise.mode=human needs noise.human_file and noise.human_key.")
+    noisy = load_human_labels(human_file, key=params["human_key"])
+    if len(noisy) != len(true):
+        raise ValueError(
+            f"{human_file}[{params['human_key']!r}] has {len(noisy)} labels but {dataset.name} "
+            f"has {len(true)} training samples: use the CIFAR-N file of this dataset (and the "
+            "full training set, in its original order)."
+        )
+    if noisy.min() < 0 or noisy.max() >= dataset.num_classes:
+        raise ValueError(
+            f"{human_file}[{params['human_key']!r}] has labels outside [0, "
+            f"{dataset.num_classes}): it is the CIFAR-N file of another dataset."
+        )
+    return noisy
+
+
+def make_or_load_noisy_labels(
+    dataset: ImageDataset,
+    *,
+    mode: str,
+    rate: float,
+    seed: int,
+    exclude_true_class: bool = False,
+    human_file: str | None = None,
+    human_key: str | None = None,
+    cache_dir: str | Path,
+) -> NoisyLabels:
+    """Return the noisy labels of `dataset`'s full training set for these parameters.
+
+    The file `cache_dir/{dataset}-{mode}-{rate}-seed{seed}-{8 hex of params hash}.parquet` is
+    reused when it exists and its stored params match; otherwise the labels are generated with
+    `np.random.default_rng(seed)` and written atomically.
+    """
+    params = noise_params(
+        dataset,
+        mode=mode,
+        rate=rate,
+        seed=seed,
+        exclude_true_class=exclude_true_class,
+        human_file=human_file,
+        human_key=human_key,
+    )
+    tag = params["human_key"] if mode == "human" else _rate_tag(params["rate"])
+    name = f"{dataset.name}-{mode}-{tag}-seed{params['seed']}-{_params_hash(params)[:8]}.parquet"
+    path = Path(cache_dir) / name
+    if path.is_file():
+        try:
+            found = load_noisy_labels(
+                path, expected_num_samples=params["num_samples"], num_classes=dataset.num_classes
+            )
+        except NoisyLabelFileError:
+            found = None  # damaged or foreign file under our name: regenerate over it
+        if found is not None and found.params == params:
+            return found
+    true = dataset.train_labels.numpy().astype(np.int64)
+    noisy = _generate(dataset, params, human_file)
+    return write_noisy_labels(path, true_labels=true, noisy_labels=noisy, params=params)
