@@ -1,0 +1,464 @@
+"""MLflow tracking: the only module that writes to MLflow.
+
+Everything goes through an explicit `MlflowClient` and a run id, never through MLflow's global
+"active run": that is what lets a Ray worker, a retried trial or a restarted driver reopen the same
+run and keep writing to it. Layout (docs/architecture.md): one experiment per sweep, a parent run
+tagged `dmx.role=sweep`, one nested run per trial tagged `dmx.role=trial` + `dmx.trial_id`, and a
+standalone `dmx train` run tagged `dmx.role=train` + `dmx.run_dir`. Params are the flat config,
+metrics are logged with step = epoch, and a step that a run already holds is never logged twice
+(a trial restored from an older checkpoint re-runs epochs that MLflow has already seen).
+
+Tracking URI: explicit argument > `MLFLOW_TRACKING_URI` > `sqlite:///<cwd>/mlflow.db`, always made
+absolute, because Ray runs each trial in its own working directory. With a sqlite store the
+artifacts go next to the database (`<db folder>/mlartifacts`), where `mlflow ui` finds them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.exceptions import MlflowException
+
+ROLE_TAG = "dmx.role"
+TRIAL_TAG = "dmx.trial_id"
+SWEEP_TAG = "dmx.sweep"
+RUN_DIR_TAG = "dmx.run_dir"
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for nested runs
+MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
+_PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch
+_METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch
+
+T = TypeVar("T")
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be used; the message names the URI and what to check."""
+
+
+# --------------------------------------------------------------------------------------------
+# URIs, provenance
+# --------------------------------------------------------------------------------------------
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Explicit `uri` > MLFLOW_TRACKING_URI > `sqlite:///<cwd>/mlflow.db`, made absolute.
+
+    Relative sqlite paths and plain folders are resolved against the current directory NOW, so the
+    same string means the same store in every Ray worker (each runs in its own directory)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if path and path != ":memory:" and not path.startswith("/"):
+            return "sqlite:///" + str(Path(path).expanduser().resolve())
+        return uri
+    if uri.startswith("file:"):
+        path = uri[len("file:") :].lstrip("/")
+        return Path("/" + path).as_uri() if uri.startswith("file:///") else Path(path).resolve().as_uri()
+    if "://" not in uri:  # a bare folder: MLflow's (deprecated) file store
+        return Path(uri).expanduser().resolve().as_uri()
+    return uri
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        return Path(uri[len("sqlite:///") :])
+    return None
+
+
+def check_tracking_uri(uri: str, *, timeout: float = 10.0) -> str:
+    """Raise TrackingError (naming the URI) unless the store answers; returns the resolved URI.
+
+    Called on the sweep driver BEFORE any trial starts. A sqlite store is created here (its schema
+    migration then never races between workers); a server is asked for /health with a short
+    timeout instead of MLflow's minutes of retries."""
+    uri = resolve_tracking_uri(uri)
+    db = _sqlite_path(uri)
+    if db is not None:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrackingError(f"MLflow store {uri}: cannot create folder {db.parent}: {exc}") from exc
+        if not os.access(db.parent, os.W_OK):
+            raise TrackingError(f"MLflow store {uri}: folder {db.parent} is not writable.")
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+                resp.read()
+        except (urllib.error.URLError, OSError) as exc:
+            raise TrackingError(
+                f"MLflow tracking server {uri} is not reachable ({exc}). Start it (`mlflow server "
+                "--host 127.0.0.1 --port 5000 ...`), check the address, or pass another --mlflow-uri."
+            ) from exc
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as exc:  # MLflow raises many types (MlflowException, sqlalchemy, requests)
+        raise TrackingError(f"MLflow tracking store {uri} is not usable: {exc}") from exc
+    return uri
+
+
+def git_commit(path: str | Path | None = None) -> tuple[str, bool]:
+    """(commit hash, dirty) of the git work tree holding `path` (default: this package); ("", False)
+    when it is not a git checkout (e.g. a pip-installed copy in a Docker image)."""
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
+        )
+        if commit.returncode != 0:
+            return "", False
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=where, capture_output=True, text=True, timeout=10,
+        )
+        return commit.stdout.strip(), bool(status.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return "", False
+
+
+def provenance_tags(*, preset: str = "", node: str | None = None, commit: str | None = None,
+                    dirty: bool | None = None) -> dict[str, str]:
+    """Tags every dmx run carries: preset, git commit (+ dirty flag), node."""
+    if commit is None:
+        commit, dirty = git_commit()
+    tags = {"dmx.preset": preset, "dmx.node": node or socket.gethostname()}
+    if commit:
+        tags["dmx.git_commit"] = commit
+        tags["dmx.git_dirty"] = str(bool(dirty)).lower()
+    return tags
+
+
+def param_values(flat: Mapping[str, Any]) -> dict[str, str]:
+    """Flat config -> MLflow param strings (JSON for lists, at most 6000 characters each)."""
+    out = {}
+    for key, value in flat.items():
+        text = json.dumps(value) if isinstance(value, (list, tuple, dict)) else str(value)
+        out[key] = text if len(text) <= MAX_PARAM_CHARS else text[: MAX_PARAM_CHARS - 3] + "..."
+    return out
+
+
+def _retry(call: Callable[[], T], *, attempts: int = 8) -> T:
+    """Retry a store call that failed because a concurrent writer held the sqlite lock."""
+    for i in range(attempts):
+        try:
+            return call()
+        except Exception as exc:
+            if i == attempts - 1 or "locked" not in str(exc).lower():
+                raise
+            time.sleep(0.2 * 2**i)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# Experiments and runs
+# --------------------------------------------------------------------------------------------
+def get_or_create_experiment(client: MlflowClient, name: str, tracking_uri: str) -> str:
+    """The id of experiment `name`, created (or restored from deletion) when needed."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    artifact_location = None
+    db = _sqlite_path(tracking_uri)
+    if db is not None:  # next to the database, not under whichever folder this process runs in
+        artifact_location = (db.parent / "mlartifacts").as_uri()
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except MlflowException:  # created concurrently by another process
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str | None:
+    """The id of the oldest non-deleted run carrying all `tags`, or None."""
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs(
+        [experiment_id], filter_string=query, run_view_type=ViewType.ACTIVE_ONLY,
+        order_by=["attributes.start_time ASC"], max_results=10,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+class RunLogger:
+    """Writes to one MLflow run by id: params, per-epoch metrics (no repeated steps), tags,
+    artifacts, and its end status. Safe to create again for the same run after a restart."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        self.tracking_uri = resolve_tracking_uri(tracking_uri)
+        self.client = MlflowClient(self.tracking_uri)
+        self.run_id = run_id
+        run = _retry(lambda: self.client.get_run(run_id))
+        self.experiment_id = run.info.experiment_id
+        self._params = dict(run.data.params)
+        # The last step each metric already holds: a trial re-running epochs after a restore from
+        # an older checkpoint must not log them again.
+        self._last_step: dict[str, int] = {}
+        for key in run.data.metrics:
+            history = _retry(lambda key=key: self.client.get_metric_history(run_id, key))
+            self._last_step[key] = max((m.step for m in history), default=-1)
+        if run.info.status != "RUNNING":
+            _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+
+    def last_step(self, key: str) -> int:
+        """The highest step logged for metric `key` (-1 when none)."""
+        return self._last_step.get(key, -1)
+
+    def log_params(self, flat: Mapping[str, Any]) -> None:
+        """Log the params this run does not hold yet. MLflow params cannot change once set, so a
+        value changed on resume (e.g. more epochs) is recorded as a tag `dmx.resumed_with.KEY`."""
+        values = param_values(flat)
+        new = [Param(k, v) for k, v in values.items() if k not in self._params]
+        changed = {k: v for k, v in values.items() if k in self._params and self._params[k] != v}
+        if changed:
+            self.set_tags({f"dmx.resumed_with.{k}": v for k, v in changed.items()})
+        for i in range(0, len(new), _PARAMS_PER_BATCH):
+            chunk = new[i : i + _PARAMS_PER_BATCH]
+            _retry(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+        self._params.update({p.key: p.value for p in new})
+
+    def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> int:
+        """Log `metrics` at `step`, skipping every metric that already holds this step or a later
+        one. Returns how many values were written."""
+        now = int(time.time() * 1000)
+        new = [
+            Metric(k, float(v), now, int(step))
+            for k, v in metrics.items()
+            if step > self._last_step.get(k, -1)
+        ]
+        for i in range(0, len(new), _METRICS_PER_BATCH):
+            chunk = new[i : i + _METRICS_PER_BATCH]
+            _retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
+        for m in new:
+            self._last_step[m.key] = m.step
+        return len(new)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        batch = [RunTag(k, str(v)) for k, v in tags.items()]
+        if batch:
+            _retry(lambda: self.client.log_batch(self.run_id, tags=batch))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> bool:
+        """Upload a file if it exists; returns whether it was logged."""
+        path = Path(path)
+        if not path.is_file():
+            return False
+        _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        return True
+
+    def finish(self, status: str = "FINISHED", *, reason: str = "") -> None:
+        """End the run: FINISHED, FAILED (with a `dmx.failure_reason` tag) or KILLED."""
+        if status not in ("FINISHED", "FAILED", "KILLED"):
+            raise ValueError(f"status={status!r}: expected FINISHED, FAILED or KILLED")
+        if reason:
+            self.set_tags({"dmx.failure_reason": reason[:5000]})
+        _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+
+    def status(self) -> str:
+        return RunStatus.to_string(RunStatus.from_string(self.client.get_run(self.run_id).info.status))
+
+
+def open_run(
+    tracking_uri: str,
+    experiment_id: str,
+    *,
+    key_tags: Mapping[str, str],
+    tags: Mapping[str, str] | None = None,
+    run_name: str | None = None,
+    run_id: str | None = None,
+) -> RunLogger:
+    """Resume the run `run_id` (when given and present), else the run carrying `key_tags`, else
+    create one with `key_tags` + `tags`. This is how a retried or restored trial finds its run."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    found = None
+    if run_id:
+        try:
+            run = _retry(lambda: client.get_run(run_id))
+            if run.info.lifecycle_stage == "active":
+                found = run_id
+        except MlflowException:
+            found = None  # the stored id belongs to another store: fall back to the tags
+    if found is None:
+        found = _retry(lambda: find_run(client, experiment_id, key_tags))
+    if found is None:
+        all_tags = {**dict(tags or {}), **dict(key_tags)}
+        run = _retry(lambda: client.create_run(experiment_id, tags=all_tags, run_name=run_name))
+        found = run.info.run_id
+    logger = RunLogger(uri, found)
+    if tags:
+        logger.set_tags(tags)
+    return logger
+
+
+def start_sweep_run(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    sweep_name: str,
+    base_config: Mapping[str, Any],
+    tags: Mapping[str, str] | None = None,
+) -> RunLogger:
+    """Get-or-create the sweep's experiment and start-or-resume its parent run (found by the
+    `dmx.sweep` tag). The base config is logged as params; `tags` may add the search space."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    experiment_id = _retry(lambda: get_or_create_experiment(client, experiment, uri))
+    logger = open_run(
+        uri, experiment_id,
+        key_tags={ROLE_TAG: "sweep", SWEEP_TAG: sweep_name},
+        tags=dict(tags or {}), run_name=sweep_name,
+    )
+    logger.log_params(base_config)
+    return logger
+
+
+def start_trial_run(
+    tracking_uri: str,
+    experiment_id: str,
+    *,
+    trial_id: str,
+    parent_run_id: str,
+    flat_config: Mapping[str, Any],
+    run_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> RunLogger:
+    """Start-or-resume the nested run of one trial (by `run_id` from the TrainState, else by the
+    `dmx.trial_id` tag) and log the trial's flat config as params."""
+    logger = open_run(
+        tracking_uri, experiment_id,
+        key_tags={ROLE_TAG: "trial", TRIAL_TAG: trial_id},
+        tags={PARENT_TAG: parent_run_id, **dict(tags or {})},
+        run_name=run_name or trial_id, run_id=run_id,
+    )
+    logger.log_params(flat_config)
+    return logger
+
+
+def end_trial_run(tracking_uri: str, experiment_id: str, trial_id: str, status: str, *,
+                  reason: str = "", tags: Mapping[str, str] | None = None) -> bool:
+    """End the run of `trial_id` (used by the sweep driver when Tune completes, stops or gives up
+    on a trial). Returns False when the trial never opened a run."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    run_id = _retry(lambda: find_run(client, experiment_id, {ROLE_TAG: "trial", TRIAL_TAG: trial_id}))
+    if run_id is None:
+        return False
+    logger = RunLogger(uri, run_id)
+    if tags:
+        logger.set_tags(tags)
+    logger.finish(status, reason=reason)
+    return True
+
+
+def log_run_dir_artifacts(logger: RunLogger, run_dir: str | Path) -> list[str]:
+    """Log the run directory's config.json, noisy_labels.parquet and clean_probs.parquet (those
+    that exist); returns the names logged."""
+    run_dir = Path(run_dir)
+    names = ("config.json", "noisy_labels.parquet", "clean_probs.parquet")
+    return [n for n in names if logger.log_artifact(run_dir / n)]
+
+
+# --------------------------------------------------------------------------------------------
+# The standalone `dmx train` reporter
+# --------------------------------------------------------------------------------------------
+class TrainReporter:
+    """A `report(epoch, metrics, state)` callback logging a `dmx train` run to MLflow.
+
+    The run is found again on `--resume` by the run id stored in the TrainState, else by the
+    `dmx.run_dir` tag; the id is written into the state so the next checkpoint carries it."""
+
+    def __init__(self, logger: RunLogger, run_dir: Path | None) -> None:
+        self.logger = logger
+        self.run_dir = run_dir
+        self._artifacts_logged = False
+
+    @property
+    def run_id(self) -> str:
+        return self.logger.run_id
+
+    def __call__(self, epoch: int, metrics: Mapping[str, float], state: Any = None) -> None:
+        if state is not None and hasattr(state, "mlflow_run_id"):
+            state.mlflow_run_id = self.logger.run_id
+        self.logger.log_metrics(metrics, step=epoch)
+        if not self._artifacts_logged and self.run_dir is not None:
+            # Logged once, after the first epoch: the config and labels exist by then.
+            for name in ("config.json", "noisy_labels.parquet"):
+                self.logger.log_artifact(self.run_dir / name)
+            self._artifacts_logged = True
+
+    def finish(self, state: Any = None) -> None:
+        if self.run_dir is not None:
+            log_run_dir_artifacts(self.logger, self.run_dir)
+        self.logger.finish("FINISHED")
+
+    def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, KeyboardInterrupt):
+            self.logger.finish("KILLED", reason="interrupted (KeyboardInterrupt)")
+        else:
+            self.logger.finish("FAILED", reason=f"{type(exc).__name__}: {exc}")
+
+
+def train_reporter(
+    cfg: Any,
+    *,
+    run_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+    experiment: str = "dmx-train",
+    state: Any = None,
+) -> TrainReporter:
+    """Create or resume the MLflow run of a standalone `dmx train` (tagged `dmx.role=train`).
+
+    `cfg` is a `dmx.config.Config`; `state` the TrainState being resumed (or None)."""
+    uri = check_tracking_uri(resolve_tracking_uri(tracking_uri))
+    client = MlflowClient(uri)
+    experiment_id = _retry(lambda: get_or_create_experiment(client, experiment, uri))
+    run_dir = Path(run_dir).resolve() if run_dir is not None else None
+    key_tags = {ROLE_TAG: "train"}
+    if run_dir is not None:
+        key_tags[RUN_DIR_TAG] = str(run_dir)
+    stored_id = getattr(state, "mlflow_run_id", "") if state is not None else ""
+    if run_dir is None and not stored_id:
+        # Without a run directory there is nothing to find the run by: always a new one.
+        run = _retry(lambda: client.create_run(experiment_id, tags=key_tags))
+        stored_id = run.info.run_id
+    logger = open_run(
+        uri, experiment_id, key_tags=key_tags,
+        tags=provenance_tags(preset=getattr(cfg, "preset", "")),
+        run_name=run_dir.name if run_dir is not None else None, run_id=stored_id or None,
+    )
+    logger.log_params(cfg.to_flat())
+    return TrainReporter(logger, run_dir)
+
+
+__all__ = [
+    "ROLE_TAG",
+    "RunLogger",
+    "TRIAL_TAG",
+    "TrackingError",
+    "TrainReporter",
+    "check_tracking_uri",
+    "end_trial_run",
+    "find_run",
+    "get_or_create_experiment",
+    "git_commit",
+    "log_run_dir_artifacts",
+    "open_run",
+    "param_values",
+    "provenance_tags",
+    "resolve_tracking_uri",
+    "start_sweep_run",
+    "start_trial_run",
+    "train_reporter",
+]
