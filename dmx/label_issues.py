@@ -1,0 +1,495 @@
+"""Which training samples carry a wrong label? A ranked export from DivideMix's final division.
+
+DivideMix already answers the question while it trains: each net fits a 2-component GMM to the
+per-sample losses and the posterior of the low-loss component is the probability that the GIVEN
+label is clean. This module turns the final clean probabilities of both nets (plus the ensemble
+prediction) into a ranking, most-likely-wrong first, in the spirit of cleanlab's
+`find_label_issues`: arrays in, indices or a mask out, keyword-only options.
+
+Score (documented, so a user can reproduce it):
+
+    score_i    = 1 - (clean_prob_net1_i + clean_prob_net2_i) / 2        in [0, 1]
+    tiebreak_i = 1 - P_ensemble(given_label_i | x_i)                     in [0, 1]
+
+Samples are ranked by `score` descending and, among equal scores, by `tiebreak` descending. The
+GMM posteriors saturate (many samples get exactly 0 or 1), so the tie-break decides the order
+inside those blocks: the sample the ensemble most confidently assigns to another class comes first.
+With only a predicted label (no probabilities) the tie-break is 1 when it differs from the given
+label, else 0.
+
+The loaders read `clean_probs.parquet` (columns index, given_label, true_label, clean_prob_net1,
+clean_prob_net2, pred_label, pred_prob_given) from a run directory or from an MLflow run's
+artifacts. `run_label_issues` is what `dmx label-issues` calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+CLEAN_PROBS_FILE = "clean_probs.parquet"
+
+
+# ---- arrays in, arrays out ------------------------------------------------------------------
+def _as_clean_prob(clean_prob: Any, n: int) -> np.ndarray:
+    """(N,) or (N, 2) -> (N, 2) float64, values checked to lie in [0, 1]."""
+    p = np.asarray(clean_prob, dtype=np.float64)
+    if p.ndim == 1:
+        p = p[:, None]
+    if p.ndim != 2 or p.shape[1] not in (1, 2):
+        raise ValueError(f"clean_prob must have shape (N,) or (N, 2); got {p.shape}.")
+    if p.shape[0] != n:
+        raise ValueError(f"clean_prob has {p.shape[0]} rows but given_labels has {n}.")
+    if not np.all(np.isfinite(p)) or p.min(initial=0.0) < 0.0 or p.max(initial=0.0) > 1.0:
+        raise ValueError("clean_prob must hold finite probabilities in [0, 1].")
+    return p
+
+
+def label_issue_scores(
+    given_labels: Any,
+    clean_prob: Any,
+    pred_probs: Any = None,
+    *,
+    pred_label: Any = None,
+    pred_prob_given: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample (score, tiebreak), both (N,) float64 in [0, 1]; higher = more likely wrong.
+
+    Args:
+        given_labels: (N,) int — the (possibly noisy) labels the model was trained on.
+        clean_prob: (N,) or (N, 2) — clean probability of the given label, per net.
+        pred_probs: (N, C) ensemble class probabilities (rows sum to 1), or None.
+        pred_label: (N,) int ensemble prediction, used when `pred_probs` is None.
+        pred_prob_given: (N,) ensemble probability of the given label, used when `pred_probs`
+            is None (this is what clean_probs.parquet stores); preferred over `pred_label`.
+
+    Returns:
+        score = 1 - mean clean probability over the nets; tiebreak = 1 - ensemble probability
+        of the given label (or [pred_label != given] when only a label is known; zeros when
+        neither is given).
+    """
+    given = np.asarray(given_labels)
+    if given.ndim != 1:
+        raise ValueError(f"given_labels must have shape (N,); got {given.shape}.")
+    n = given.shape[0]
+    score = 1.0 - _as_clean_prob(clean_prob, n).mean(axis=1)  # (N,)
+    if pred_probs is not None:
+        probs = np.asarray(pred_probs, dtype=np.float64)
+        if probs.ndim != 2 or probs.shape[0] != n:
+            raise ValueError(f"pred_probs must have shape (N={n}, C); got {probs.shape}.")
+        if given.min(initial=0) < 0 or given.max(initial=0) >= probs.shape[1]:
+            raise ValueError(f"given_labels must lie in [0, {probs.shape[1]}) to index pred_probs.")
+        tiebreak = 1.0 - probs[np.arange(n), given.astype(np.int64)]
+    elif pred_prob_given is not None:
+        pg = np.asarray(pred_prob_given, dtype=np.float64)
+        if pg.shape != (n,):
+            raise ValueError(f"pred_prob_given must have shape ({n},); got {pg.shape}.")
+        tiebreak = 1.0 - pg
+    elif pred_label is not None:
+        pl = np.asarray(pred_label)
+        if pl.shape != (n,):
+            raise ValueError(f"pred_label must have shape ({n},); got {pl.shape}.")
+        tiebreak = (pl != given).astype(np.float64)
+    else:
+        tiebreak = np.zeros(n)
+    return score, tiebreak
+
+
+def rank_by_score(score: np.ndarray, tiebreak: np.ndarray | None = None) -> np.ndarray:
+    """(N,) indices ordering samples by score desc, then tiebreak desc, then index asc (stable)."""
+    score = np.asarray(score, dtype=np.float64)
+    tiebreak = np.zeros_like(score) if tiebreak is None else np.asarray(tiebreak, dtype=np.float64)
+    # np.lexsort sorts by the LAST key first; negate for descending, index keeps it deterministic.
+    return np.lexsort((np.arange(score.shape[0]), -tiebreak, -score)).astype(np.int64)
+
+
+def find_label_issues(
+    given_labels: Any,
+    clean_prob: Any,
+    pred_probs: Any = None,
+    *,
+    pred_label: Any = None,
+    pred_prob_given: Any = None,
+    top_k: int | None = None,
+    p_threshold: float = 0.5,
+    ranked: bool = True,
+) -> np.ndarray:
+    """Samples whose given label is probably wrong.
+
+    Args:
+        given_labels: (N,) int given (noisy) labels.
+        clean_prob: (N,) or (N, 2) final clean probability of each sample, per net.
+        pred_probs: (N, C) ensemble probabilities; or pass `pred_label` (N,) / `pred_prob_given`
+            (N,) instead (see `label_issue_scores`).
+        top_k: flag exactly the `top_k` highest-scoring samples. When None, flag every sample
+            whose mean clean probability is below `p_threshold` (the samples the co-divide would
+            put in the unlabelled set, averaged over the two nets).
+        p_threshold: the clean-probability threshold used when `top_k` is None (paper: 0.5).
+        ranked: True returns the flagged indices ranked most-likely-wrong first (like cleanlab's
+            `return_indices_ranked_by`); False returns a boolean mask (N,).
+
+    Returns:
+        (F,) int64 indices into the arrays (ranked=True) or (N,) bool mask (ranked=False).
+    """
+    score, tiebreak = label_issue_scores(
+        given_labels, clean_prob, pred_probs, pred_label=pred_label, pred_prob_given=pred_prob_given
+    )
+    order = rank_by_score(score, tiebreak)
+    if top_k is not None:
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0; got {top_k}.")
+        flagged = order[: int(top_k)]
+    else:
+        if not 0.0 <= p_threshold <= 1.0:
+            raise ValueError(f"p_threshold must be in [0, 1]; got {p_threshold}.")
+        flagged = order[(1.0 - score[order]) < p_threshold]
+    if ranked:
+        return flagged
+    mask = np.zeros(score.shape[0], dtype=bool)
+    mask[flagged] = True
+    return mask
+
+
+# ---- ranking quality when the truth is known -------------------------------------------------
+def precision_at_k(ranked_indices: Any, is_wrong: Any, k: int) -> float:
+    """Fraction of the first `k` ranked samples whose label really is wrong (nan when k == 0).
+
+    `ranked_indices` (M,) int into `is_wrong` (N,) bool.
+    """
+    ranked = np.asarray(ranked_indices, dtype=np.int64)[: max(int(k), 0)]
+    if ranked.size == 0:
+        return float("nan")
+    return float(np.asarray(is_wrong, dtype=bool)[ranked].mean())
+
+
+def recall_at_k(ranked_indices: Any, is_wrong: Any, k: int) -> float:
+    """Fraction of all wrong labels found among the first `k` ranked samples (nan if none wrong)."""
+    wrong = np.asarray(is_wrong, dtype=bool)
+    total = int(wrong.sum())
+    if total == 0:
+        return float("nan")
+    ranked = np.asarray(ranked_indices, dtype=np.int64)[: max(int(k), 0)]
+    return float(wrong[ranked].sum() / total)
+
+
+def average_precision(ranked_indices: Any, is_wrong: Any) -> float:
+    """Average precision of a full ranking (N,): mean of precision@k over the ranks k of the
+    wrong labels. 1.0 = every wrong label ranked before every correct one; about the noise rate
+    for a random ranking."""
+    wrong = np.asarray(is_wrong, dtype=bool)[np.asarray(ranked_indices, dtype=np.int64)]
+    if not wrong.any():
+        return float("nan")
+    hits = np.cumsum(wrong)
+    ranks = np.arange(1, wrong.size + 1)
+    return float((hits[wrong] / ranks[wrong]).mean())
+
+
+def ranking_auc(score: Any, is_wrong: Any) -> float:
+    """ROC AUC of `score` (N,) for separating wrong (positive) from correct labels."""
+    wrong = np.asarray(is_wrong, dtype=bool)
+    if wrong.all() or not wrong.any():
+        return float("nan")
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(wrong, np.asarray(score, dtype=np.float64)))
+
+
+# ---- tables ----------------------------------------------------------------------------------
+def label_issue_table(
+    given_labels: Any,
+    clean_prob: Any,
+    pred_probs: Any = None,
+    *,
+    pred_label: Any = None,
+    pred_prob_given: Any = None,
+    true_labels: Any = None,
+    sample_index: Any = None,
+    p_threshold: float = 0.5,
+) -> pd.DataFrame:
+    """Every sample, ranked most-likely-wrong first, one row each.
+
+    Columns: rank (0 = most likely wrong), index (dataset index; `sample_index` (N,) or 0..N-1),
+    given_label, predicted_label, clean_prob_net1, clean_prob_net2 (equal when one net is given),
+    pred_prob_given (nan when unknown), score, flagged (mean clean prob < p_threshold), and, when
+    `true_labels` (N,) is given, true_label and is_wrong.
+    """
+    given = np.asarray(given_labels)
+    score, tiebreak = label_issue_scores(
+        given, clean_prob, pred_probs, pred_label=pred_label, pred_prob_given=pred_prob_given
+    )
+    n = given.shape[0]
+    cp = _as_clean_prob(clean_prob, n)
+    if pred_probs is not None:
+        probs = np.asarray(pred_probs, dtype=np.float64)
+        predicted = probs.argmax(axis=1)
+        prob_given = probs[np.arange(n), given.astype(np.int64)]
+    else:
+        predicted = np.asarray(pred_label) if pred_label is not None else np.full(n, -1)
+        prob_given = (
+            np.asarray(pred_prob_given, dtype=np.float64)
+            if pred_prob_given is not None
+            else np.full(n, np.nan)
+        )
+    index = np.arange(n) if sample_index is None else np.asarray(sample_index)
+    if index.shape != (n,):
+        raise ValueError(f"sample_index must have shape ({n},); got {index.shape}.")
+    order = rank_by_score(score, tiebreak)
+    table = pd.DataFrame(
+        {
+            "rank": np.arange(n, dtype=np.int64),
+            "index": index[order].astype(np.int64),
+            "given_label": given[order].astype(np.int64),
+            "predicted_label": predicted[order].astype(np.int64),
+            "clean_prob_net1": cp[order, 0],
+            "clean_prob_net2": cp[order, -1],
+            "pred_prob_given": prob_given[order],
+            "score": score[order],
+            "flagged": (1.0 - score[order]) < p_threshold,
+        }
+    )
+    if true_labels is not None:
+        true = np.asarray(true_labels)
+        if true.shape != (n,):
+            raise ValueError(f"true_labels must have shape ({n},); got {true.shape}.")
+        table["true_label"] = true[order].astype(np.int64)
+        table["is_wrong"] = table["true_label"].to_numpy() != table["given_label"].to_numpy()
+    return table
+
+
+def summarize_ranking(table: pd.DataFrame, *, top_k: int | None = None) -> dict[str, float]:
+    """Numbers that say how good a ranked `label_issue_table` is.
+
+    Always: n, flagged. With an `is_wrong` column: noise_rate (fraction truly wrong),
+    num_wrong, precision_at_k / recall_at_k at K = top_k (or the flagged count when None),
+    precision_at_num_wrong (precision at K = number of wrong labels, which equals recall there),
+    average_precision and auc of the whole ranking. A random ranking scores about noise_rate on
+    every precision and 0.5 AUC.
+    """
+    out: dict[str, float] = {"n": int(len(table)), "flagged": int(table["flagged"].sum())}
+    k = int(top_k) if top_k is not None else out["flagged"]
+    out["k"] = k
+    if "is_wrong" in table:
+        ordered = table.sort_values("rank")
+        wrong = ordered["is_wrong"].to_numpy(dtype=bool)
+        ranked = np.arange(len(wrong))
+        num_wrong = int(wrong.sum())
+        out.update(
+            noise_rate=float(wrong.mean()) if len(wrong) else float("nan"),
+            num_wrong=num_wrong,
+            precision_at_k=precision_at_k(ranked, wrong, k),
+            recall_at_k=recall_at_k(ranked, wrong, k),
+            precision_at_num_wrong=precision_at_k(ranked, wrong, num_wrong),
+            average_precision=average_precision(ranked, wrong),
+            auc=ranking_auc(ordered["score"].to_numpy(), wrong),
+        )
+    return out
+
+
+def table_from_clean_probs(frame: pd.DataFrame, *, p_threshold: float = 0.5) -> pd.DataFrame:
+    """`label_issue_table` from a clean_probs.parquet frame (true_label used when present and
+    not all negative, since -1 marks an unknown truth)."""
+    missing = {"given_label", "clean_prob_net1"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"clean probabilities table lacks columns {sorted(missing)}.")
+    nets = [c for c in ("clean_prob_net1", "clean_prob_net2") if c in frame]
+    true = None
+    if "true_label" in frame and (frame["true_label"] >= 0).all():
+        true = frame["true_label"].to_numpy()
+    return label_issue_table(
+        frame["given_label"].to_numpy(),
+        frame[nets].to_numpy(),
+        pred_label=frame["pred_label"].to_numpy() if "pred_label" in frame else None,
+        pred_prob_given=frame["pred_prob_given"].to_numpy() if "pred_prob_given" in frame else None,
+        true_labels=true,
+        sample_index=frame["index"].to_numpy() if "index" in frame else None,
+        p_threshold=p_threshold,
+    )
+
+
+# ---- loading: run directory, parquet file, or MLflow run -------------------------------------
+def load_clean_probs(source: str | Path, *, tracking_uri: str | None = None) -> pd.DataFrame:
+    """clean_probs.parquet as a DataFrame from a run directory, the file itself, or an MLflow run
+    (`RUN_ID` or `runs:/RUN_ID`; the artifact `clean_probs.parquet` is downloaded)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        file = path / CLEAN_PROBS_FILE
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"{path} has no {CLEAN_PROBS_FILE}: it is written when `dmx train` finishes "
+                "(an interrupted run can be completed with `dmx train --resume --out RUN_DIR`)."
+            )
+        return pd.read_parquet(file)
+    if path.is_file():
+        return pd.read_parquet(path)
+    run_id = str(source).removeprefix("runs:/").strip("/")
+    if not run_id or "/" in run_id or "\\" in run_id:
+        raise FileNotFoundError(
+            f"{source} is neither a run directory, a parquet file, nor an MLflow run id."
+        )
+    return pd.read_parquet(_download_mlflow_artifact(run_id, CLEAN_PROBS_FILE, tracking_uri))
+
+
+def _download_mlflow_artifact(run_id: str, artifact: str, tracking_uri: str | None) -> Path:
+    import mlflow  # optional edge: only this loader needs MLflow
+    from mlflow.exceptions import MlflowException
+
+    from dmx.tracking import resolve_tracking_uri  # the writer's default store
+
+    tracking_uri = resolve_tracking_uri(tracking_uri)
+    dst = Path(tempfile.mkdtemp(prefix="dmx-label-issues-"))
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=artifact, dst_path=str(dst), tracking_uri=tracking_uri
+        )
+    except MlflowException as exc:
+        raise FileNotFoundError(
+            f"{run_id!r} is not a run directory, and MLflow (tracking URI "
+            f"{tracking_uri}) could not give its {artifact}: "
+            f"{exc.message}"
+        ) from None
+    return Path(local)
+
+
+def _default_out(source: str | Path) -> Path:
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return path / "label_issues.parquet"
+    if path.is_file():
+        return path.with_name("label_issues.parquet")
+    return Path(f"label_issues-{str(source).removeprefix('runs:/').strip('/')[:12]}.parquet")
+
+
+def run_label_issues(
+    source: str | Path,
+    *,
+    top_k: int | None = None,
+    out: str | Path | None = None,
+    tracking_uri: str | None = None,
+    p_threshold: float = 0.5,
+) -> tuple[pd.DataFrame, dict[str, float], list[Path]]:
+    """Rank the samples of a finished run and write OUT.parquet and OUT.csv.
+
+    `source` is a run directory, a clean_probs.parquet file, or an MLflow run id. The written
+    table holds the first `top_k` rows of the ranking (all rows when None); the summary is
+    computed on the whole ranking with K = top_k (or the flagged count). Returns (table written,
+    summary, [parquet path, csv path]).
+    """
+    table = table_from_clean_probs(
+        load_clean_probs(source, tracking_uri=tracking_uri), p_threshold=p_threshold
+    )
+    summary = summarize_ranking(table, top_k=top_k)
+    if top_k is not None:
+        table = table.iloc[: int(top_k)].reset_index(drop=True)
+    out_path = Path(out) if out is not None else _default_out(source)
+    stem = out_path.with_suffix("") if out_path.suffix in (".parquet", ".csv") else out_path
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = [stem.with_name(stem.name + ".parquet"), stem.with_name(stem.name + ".csv")]
+    table.to_parquet(paths[0], index=False)
+    table.to_csv(paths[1], index=False)
+    return table, summary, paths
+
+
+def format_summary(summary: dict[str, float], paths: Sequence[Path] = ()) -> str:
+    """Human-readable lines for a `summarize_ranking` dict."""
+    lines = [
+        f"{summary['n']} samples ranked; {summary['flagged']} flagged "
+        f"(mean clean probability below the threshold)."
+    ]
+    if "num_wrong" in summary:
+        k = summary["k"]
+        lines += [
+            f"true labels known: {summary['num_wrong']} wrong "
+            f"({100 * summary['noise_rate']:.1f}%).",
+            f"precision@{k} {summary['precision_at_k']:.3f}  "
+            f"recall@{k} {summary['recall_at_k']:.3f}",
+            f"precision@{summary['num_wrong']} (= recall there) "
+            f"{summary['precision_at_num_wrong']:.3f}  average precision "
+            f"{summary['average_precision']:.3f}  AUC {summary['auc']:.3f}",
+        ]
+    lines += [f"wrote {p}" for p in paths]
+    return "\n".join(lines)
+
+
+# ---- command line (wired into `dmx` by dmx/cli.py) --------------------------------------------
+def add_cli(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `label-issues` on an argparse subparsers object; the handler is `run_cli`."""
+    p = subparsers.add_parser(
+        "label-issues",
+        help="rank the training samples of a finished run by how likely their label is wrong",
+        description=(
+            "Rank the samples of a finished run by 1 - mean clean probability of the two nets "
+            "(ties: ensemble confidence in another label) and write OUT.parquet + OUT.csv. "
+            "With true labels known, print precision@K, recall and average precision."
+        ),
+    )
+    p.add_argument("source", help="run directory, clean_probs.parquet, or an MLflow run id")
+    p.add_argument(
+        "--top",
+        type=int,
+        default=None,
+        metavar="K",
+        help="keep the K most suspect samples (default: all, ranked)",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="output stem (.parquet/.csv added; default RUN_DIR/label_issues)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow URI for a run-id SOURCE (default: $MLFLOW_TRACKING_URI)",
+    )
+    p.add_argument(
+        "--p-threshold",
+        type=float,
+        default=0.5,
+        help="flag samples whose mean clean probability is below this (default 0.5)",
+    )
+    p.set_defaults(func=run_cli)
+    return p
+
+
+def run_cli(args: argparse.Namespace) -> int:
+    """Handler of `dmx label-issues`: writes the files, prints the summary, returns 0 (2 on a
+    missing source)."""
+    try:
+        _, summary, paths = run_label_issues(
+            args.source,
+            top_k=args.top,
+            out=args.out,
+            tracking_uri=args.tracking_uri,
+            p_threshold=args.p_threshold,
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"dmx label-issues: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(summary, paths))
+    return 0
+
+
+__all__ = [
+    "add_cli",
+    "average_precision",
+    "find_label_issues",
+    "format_summary",
+    "label_issue_scores",
+    "label_issue_table",
+    "load_clean_probs",
+    "precision_at_k",
+    "rank_by_score",
+    "ranking_auc",
+    "recall_at_k",
+    "run_cli",
+    "run_label_issues",
+    "summarize_ranking",
+    "table_from_clean_probs",
+]
