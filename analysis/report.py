@@ -1,0 +1,376 @@
+"""One self-contained HTML page for a sweep: tables and plots embedded, nothing fetched.
+
+    python analysis/report.py --experiment NAME --out DIR [--tracking-uri URI]
+                              [--group-by PARAM ...] [--top K] [--log-to-mlflow]
+
+Writes DIR/report.html (plots as base64 PNG data URIs, CSS inline, no scripts) plus the PNGs and
+the compare.py tables beside it. Sections: summary and best setting, does the objective pick the
+test winner, ranked trials, mean ± std per setting, plots, and for the best trial that logged
+clean_probs.parquet: its per-sample loss histogram and the top suspected label errors.
+With --log-to-mlflow the plots and the page go under `plots/` of the sweep's parent run (of the
+best trial when the experiment has no sweep run), where the MLflow UI shows them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python analysis/report.py`: make `analysis` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from analysis import plots  # noqa: E402
+from analysis.compare import (  # noqa: E402
+    HEADERS,
+    Comparison,
+    add_sweep_arguments,
+    compare,
+    display_columns,
+    groups_table,
+    load_from_args,
+    write_outputs,
+)
+from analysis.runs import SUMMARY_COLUMNS, Sweep, format_value  # noqa: E402
+
+CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
+       color: #1d2330; background: #f6f7f9; }
+main { max-width: 1200px; margin: 0 auto; padding: 24px 32px 64px; }
+h1 { font-size: 26px; margin: 8px 0 4px; }
+h2 { font-size: 19px; margin: 34px 0 10px; padding-bottom: 4px; border-bottom: 2px solid #dde1e8; }
+h3 { font-size: 15px; margin: 20px 0 6px; }
+.meta { color: #5b6475; font-size: 13px; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; margin: 16px 0; }
+.card { background: #fff; border: 1px solid #dde1e8; border-radius: 8px; padding: 10px 16px;
+        min-width: 150px; }
+.card b { display: block; font-size: 22px; }
+.card span { color: #5b6475; font-size: 12px; }
+.scroll { overflow-x: auto; background: #fff; border: 1px solid #dde1e8; border-radius: 8px; }
+table { border-collapse: collapse; font-size: 13px; width: 100%; }
+th, td { padding: 5px 9px; border-bottom: 1px solid #eceef2; white-space: nowrap; }
+th { background: #eef1f6; text-align: left; position: sticky; top: 0; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+tr.best td { background: #e8f6ec; font-weight: 600; }
+tr.bad td { color: #b3261e; }
+figure { margin: 14px 0 26px; background: #fff; border: 1px solid #dde1e8; border-radius: 8px;
+         padding: 12px; }
+figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
+figcaption { color: #5b6475; font-size: 13px; margin-top: 6px; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 8px 12px; font-size: 14px; }
+code { background: #eef1f6; padding: 1px 4px; border-radius: 3px; }
+"""
+
+PLOT_CAPTIONS = {
+    "accuracy_curves": "Test accuracy (left, clean test labels) and noisy-validation accuracy "
+    "(right, the sweep objective) per epoch; one line per trial, darker = better objective.",
+    "objective_vs_params": "The objective (filled) and final test accuracy (hollow) of every "
+    "trial against each searched parameter.",
+    "param_importances": "How much of the objective's variance each searched parameter explains "
+    "(Optuna fANOVA on a study rebuilt from the runs).",
+    "division_quality": "The co-divide per epoch, mean of the two nets: labelled-set size and "
+    "precision / recall / ROC AUC of the clean-sample detection against the true labels.",
+    "loss_histogram": "Per-sample normalised loss at the end of training for each net, with the "
+    "two fitted GMM components and the division threshold; green = given label correct, "
+    "red = given label wrong.",
+}
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def html_table(
+    frame: pd.DataFrame,
+    columns: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    row_class=None,
+) -> str:
+    """A plain HTML table; numeric cells right-aligned; `row_class(row) -> str` styles rows."""
+    columns = list(frame.columns) if columns is None else columns
+    headers = headers or {}
+    numeric = {
+        c: pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+        for c in columns
+    }
+    head = "".join(f"<th>{_esc(headers.get(c, c))}</th>" for c in columns)
+    rows = []
+    for _, row in frame.iterrows():
+        cls = row_class(row) if row_class else ""
+        cells = "".join(
+            f'<td class="num">{_esc(format_value(row[c]))}</td>'
+            if numeric[c]
+            else f"<td>{_esc(format_value(row[c]))}</td>"
+            for c in columns
+        )
+        rows.append(f'<tr class="{cls}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table></div>"
+    )
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
+
+
+def _card(value: str, label: str) -> str:
+    return f'<div class="card"><b>{_esc(value)}</b><span>{_esc(label)}</span></div>'
+
+
+def find_sample_table(
+    comparison: Comparison, *, candidates: int = 3
+) -> tuple[pd.Series | None, pd.DataFrame | None]:
+    """(trial row, clean_probs frame) of the best-ranked trial among the first `candidates`
+    that logged clean_probs.parquet, or (None, None)."""
+    from dmx.label_issues import load_clean_probs
+
+    for _, row in comparison.ranked.head(candidates).iterrows():
+        try:
+            return row, load_clean_probs(row["run_id"], tracking_uri=comparison.sweep.tracking_uri)
+        except FileNotFoundError:
+            continue
+    return None, None
+
+
+def _label_issue_section(
+    row: pd.Series | None, frame: pd.DataFrame | None, top_k: int, hist_path: Path | None
+) -> str:
+    parts = ['<section id="label-issues"><h2>Per-sample view and suspected label errors</h2>']
+    if frame is None or row is None:
+        parts.append(
+            '<p class="note">None of the top trials logged <code>clean_probs.parquet'
+            "</code> (it is written when a trial finishes), so there is no per-sample "
+            "view.</p></section>"
+        )
+        return "".join(parts)
+    from dmx.label_issues import summarize_ranking, table_from_clean_probs
+
+    thr = float(row.get("dividemix.p_threshold", 0.5) or 0.5)
+    table = table_from_clean_probs(frame, p_threshold=thr)
+    s = summarize_ranking(table, top_k=top_k)
+    parts.append(
+        f"<p>Trial <b>{_esc(row['trial_id'])}</b> (run <code>{_esc(row['run_id'])}</code>), "
+        f"final division. Ranking score = 1 − mean clean probability of the two nets, ties "
+        f"broken by the ensemble's confidence in another label. "
+        f"Export all of it with <code>dmx label-issues {_esc(row['run_id'])}</code>.</p>"
+    )
+    cards = [
+        _card(str(s["n"]), "samples"),
+        _card(str(s["flagged"]), f"flagged (clean prob < {thr:g})"),
+    ]
+    if "num_wrong" in s:
+        cards += [
+            _card(f"{100 * s['noise_rate']:.1f}%", f"truly wrong labels ({s['num_wrong']})"),
+            _card(f"{s['precision_at_k']:.3f}", f"precision@{s['k']}"),
+            _card(f"{s['precision_at_num_wrong']:.3f}", f"precision@{s['num_wrong']} (= recall)"),
+            _card(f"{s['average_precision']:.3f}", "average precision"),
+            _card(f"{s['auc']:.3f}", "ROC AUC"),
+        ]
+    parts.append(f'<div class="cards">{"".join(cards)}</div>')
+    if hist_path is not None:
+        parts.append(
+            f"<figure>{_img(hist_path, 'loss histogram')}<figcaption>"
+            f"{_esc(PLOT_CAPTIONS['loss_histogram'])}</figcaption></figure>"
+        )
+    cols = [
+        c
+        for c in (
+            "rank",
+            "index",
+            "given_label",
+            "predicted_label",
+            "true_label",
+            "is_wrong",
+            "clean_prob_net1",
+            "clean_prob_net2",
+            "pred_prob_given",
+            "score",
+        )
+        if c in table
+    ]
+    parts.append(f"<h3>The {top_k} most suspect labels</h3>")
+    parts.append(html_table(table.head(top_k), cols))
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def render_html(
+    comparison: Comparison,
+    plot_paths: dict[str, Path],
+    notes: dict[str, str],
+    *,
+    sample_row=None,
+    sample_frame=None,
+    top_k: int = 20,
+) -> str:
+    c = comparison
+    sweep: Sweep = c.sweep
+    ranked = c.ranked
+    top = ranked.iloc[0]
+    corr = c.correlation
+    statuses = ranked["status"].value_counts().to_dict()
+    body = [
+        f"<header><h1>Sweep report: {_esc(sweep.experiment)}</h1>",
+        f'<p class="meta">MLflow {_esc(sweep.tracking_uri)} · experiment id '
+        f"{_esc(sweep.experiment_id)} · generated {_esc(time.strftime('%Y-%m-%d %H:%M'))}</p>"
+        "</header>",
+        '<section id="summary"><h2>Summary</h2><div class="cards">',
+        _card(str(len(ranked)), ", ".join(f"{v} {k.lower()}" for k, v in statuses.items())),
+        _card(f"{format_value(top[c.rank_by])}%", f"best objective ({c.rank_by})"),
+        _card(f"{format_value(top['test_acc_final'])}%", "its final test accuracy"),
+        _card(f"{format_value(ranked['test_acc_best'].max())}%", "best test accuracy, any trial"),
+        _card(
+            "–" if corr["spearman"] != corr["spearman"] else f"{corr['spearman']:.2f}",
+            "Spearman(objective, test)",
+        ),
+        "</div>",
+    ]
+    setting = ", ".join(
+        f"<code>{_esc(k)}={_esc(format_value(v))}</code>" for k, v in c.best.items()
+    )
+    body.append(
+        f"<p><b>Best setting:</b> {setting or 'no parameter varies'} — trial "
+        f"<b>{_esc(top['trial_id'])}</b>.</p>"
+    )
+    if corr["n"] >= 3 and corr["spearman"] == corr["spearman"]:
+        verdict = (
+            "agree well"
+            if corr["spearman"] >= 0.7
+            else "agree only partly"
+            if corr["spearman"] >= 0.3
+            else "do not agree"
+        )
+        body.append(
+            f"<p><b>Does the objective pick what the test set would?</b> Over {corr['n']} trials "
+            f"the noisy-validation ranking and the test ranking {verdict} (Spearman "
+            f"{corr['spearman']:.2f}). Trusting the objective gives {corr['picked_test']:.2f}% "
+            f"test accuracy against {corr['best_test']:.2f}% for the best trial on test "
+            f"(regret {corr['regret']:.2f} points).</p>"
+        )
+    else:
+        body.append(
+            f'<p class="note">Rank correlation needs at least 3 trials with both '
+            f"accuracies (have {corr['n']}).</p>"
+        )
+    body.append("</section>")
+
+    def row_class(row):
+        if row["run_id"] == top["run_id"]:
+            return "best"
+        return "bad" if row["status"] in ("FAILED", "KILLED") else ""
+
+    body += [
+        '<section id="trials"><h2>Trials, ranked by the objective</h2>',
+        f'<p class="meta">{_esc(SUMMARY_COLUMNS["val_acc_final"])}; AUC / precision / recall: '
+        "clean detection at the end, mean of the two nets.</p>",
+        html_table(ranked, display_columns(c), HEADERS, row_class=row_class),
+        "</section>",
+        '<section id="groups"><h2>Stability across seeds</h2>',
+    ]
+    if c.groups is not None:
+        body.append(f"<p>Mean ± std (sample std) per {_esc(', '.join(c.group_by))}.</p>")
+        body.append(html_table(groups_table(c.groups, c.group_by)))
+    else:
+        body.append(
+            '<p class="note">No setting was repeated with different seeds; pass '
+            "<code>--group-by PARAM</code> to group by a parameter.</p>"
+        )
+    body.append("</section>")
+    body.append('<section id="plots"><h2>Plots</h2>')
+    for name, path in plot_paths.items():
+        if name == "loss_histogram":
+            continue
+        caption = PLOT_CAPTIONS.get(name, name)
+        if name in notes and name == "param_importances":
+            caption += f" ({notes[name]})"
+        body.append(f"<figure>{_img(path, name)}<figcaption>{_esc(caption)}</figcaption></figure>")
+    body.append("</section>")
+    body.append(
+        _label_issue_section(sample_row, sample_frame, top_k, plot_paths.get("loss_histogram"))
+    )
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>dmx sweep report: {_esc(sweep.experiment)}</title><style>{CSS}</style></head>"
+        f"<body><main>{''.join(body)}</main></body></html>\n"
+    )
+
+
+def build_report(
+    sweep: Sweep, out_dir: str | Path, *, group_by: list[str] | None = None, top_k: int = 20
+) -> tuple[Path, dict[str, Path]]:
+    """Write OUT/report.html, the PNGs and the compare.py tables; returns (html path, plots)."""
+    out = Path(out_dir)
+    comparison = compare(sweep, group_by=group_by)
+    write_outputs(comparison, out)
+    sample_row, sample_frame = find_sample_table(comparison)
+    title = ""
+    thr = 0.5
+    if sample_row is not None:
+        thr = float(sample_row.get("dividemix.p_threshold", 0.5) or 0.5)
+        title = f"Per-sample loss at the end of trial {sample_row['trial_id']}, with the fitted GMM"
+    paths, notes = plots.make_sweep_plots(
+        sweep, out / "plots", sample_frame=sample_frame, sample_title=title, p_threshold=thr
+    )
+    page = render_html(
+        comparison, paths, notes, sample_row=sample_row, sample_frame=sample_frame, top_k=top_k
+    )
+    html_path = out / "report.html"
+    html_path.write_text(page, encoding="utf-8")
+    return html_path, paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python analysis/report.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_sweep_arguments(parser)
+    parser.add_argument("--out", required=True, help="folder for report.html and its plots")
+    parser.add_argument(
+        "--group-by",
+        action="append",
+        default=None,
+        metavar="PARAM",
+        help="mean ± std per value of PARAM (default: over seeds when repeated)",
+    )
+    parser.add_argument(
+        "--top",
+        type=int,
+        default=20,
+        metavar="K",
+        help="suspected label errors listed for the best trial (default 20)",
+    )
+    parser.add_argument(
+        "--log-to-mlflow",
+        action="store_true",
+        help="also log the plots and report.html under plots/ of the sweep run",
+    )
+    args = parser.parse_args(argv)
+    try:
+        sweep = load_from_args(args)
+        html_path, paths = build_report(sweep, args.out, group_by=args.group_by, top_k=args.top)
+    except (LookupError, KeyError) as exc:
+        print(f"report: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {html_path} (open it in a browser)")
+    if args.log_to_mlflow:
+        target = sweep.parent_run_ids[0] if sweep.parent_run_ids else sweep.trials.iloc[0]["run_id"]
+        logged = plots.log_plots_to_mlflow([*paths.values(), html_path], target, sweep.tracking_uri)
+        print(f"logged {len(logged)} files under plots/ of run {target}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,401 @@
+"""Read a sweep back from MLflow into tidy pandas tables.
+
+The MLflow layout is the contract of docs/architecture.md: one experiment per sweep, a parent run
+tagged `dmx.role=sweep`, one nested run per trial tagged `dmx.role=trial` and `dmx.trial_id`,
+params = the flat config (`dividemix.lambda_u`, ...), metrics per epoch with step = epoch.
+
+`load_sweep` returns a `Sweep` with two tables:
+
+- `trials`: one row per trial run. Identity columns (run_id, trial_id, run_name, status, ...),
+  one column per flat param under its dotted key (typed: bool / int / float / str), and per-trial
+  summaries of the metric histories (see `SUMMARY_COLUMNS`).
+- `history`: long table (run_id, trial_id, metric, step, value, timestamp), one row per run,
+  metric and step. A retried trial that logged an epoch twice keeps the LAST value logged for it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROLE_TAG = "dmx.role"
+TRIAL_ID_TAG = "dmx.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+OBJECTIVE = "val_acc_final"
+"""The sweep objective column: noisy-validation accuracy (%) at the trial's last epoch."""
+SEED_PARAM = "run.seed"
+
+SUMMARY_COLUMNS = {
+    "test_acc_final": "test accuracy (%) at the last epoch",
+    "test_acc_best": "best test accuracy (%) over epochs",
+    "test_acc_last10": "mean test accuracy (%) of the last (up to) 10 epochs",
+    "val_acc_final": "noisy-validation accuracy (%) at the last epoch (the sweep objective)",
+    "val_acc_best": "best noisy-validation accuracy (%) over epochs",
+    "auc_final": "clean-detection ROC AUC at the end, mean of the two nets",
+    "precision_final": "clean-detection precision at the end, mean of the two nets",
+    "recall_final": "clean-detection recall at the end, mean of the two nets",
+    "auc_net1_final": "... and per net (auc/precision/recall _net1/_net2 _final)",
+    "labeled_final": "labelled-set size at the end, mean of the two nets' divisions",
+    "epochs": "epochs run (largest logged step + 1)",
+    "wall_seconds": "run wall time (end - start; last metric time for unfinished runs)",
+    "train_seconds": "sum of epoch_seconds over the deduplicated epochs",
+}
+
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+# ---- small pure helpers ----------------------------------------------------------------------
+def parse_param(text: str | None) -> Any:
+    """An MLflow param string back to a Python value: True/False, int, float, None, else str.
+
+    Lists (e.g. `[150]`) stay strings so that a table cell holds one scalar.
+    """
+    if text is None:
+        return None
+    s = str(text).strip()
+    if s in ("True", "true"):
+        return True
+    if s in ("False", "false"):
+        return False
+    if s in ("None", "null"):
+        return None
+    if _INT.match(s):
+        return int(s)
+    try:
+        value = float(s)
+    except ValueError:
+        return str(text)
+    return value
+
+
+def _typed_column(values: pd.Series) -> pd.Series:
+    """One dtype per param column: bool, int64 (nullable), float64 or object (strings)."""
+    present = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not present:
+        return values
+    if all(isinstance(v, bool) for v in present):
+        return values.astype("boolean")
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return values.astype("Int64")
+    if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return values.astype("float64")
+    return values.map(lambda v: v if v is None else str(v)).astype(object)
+
+
+def dedup_history(history: pd.DataFrame) -> pd.DataFrame:
+    """Keep one row per (run_id, metric, step): the last logged (latest timestamp; among equal
+    timestamps the later row). Sorted by run_id, metric, step."""
+    if history.empty:
+        return history
+    order = history.reset_index(drop=True)
+    order["_row"] = np.arange(len(order))
+    order = order.sort_values(["run_id", "metric", "step", "timestamp", "_row"], kind="stable")
+    order = order.drop_duplicates(["run_id", "metric", "step"], keep="last")
+    return order.drop(columns="_row").reset_index(drop=True)
+
+
+def _finite(series: pd.Series) -> pd.Series:
+    return series[np.isfinite(series.to_numpy(dtype=np.float64))]
+
+
+def summarize_history(history: pd.DataFrame) -> pd.DataFrame:
+    """Per-run summary columns (`SUMMARY_COLUMNS`) from a deduplicated long history.
+
+    `final` is the last finite value (warmup epochs log nan clean-detection metrics)."""
+    rows = []
+    for run_id, run_hist in history.groupby("run_id", sort=False):
+        per_metric = {m: g.sort_values("step") for m, g in run_hist.groupby("metric")}
+        row: dict[str, Any] = {"run_id": run_id}
+
+        def values(metric: str, per_metric: dict = per_metric) -> pd.Series:
+            g = per_metric.get(metric)
+            return pd.Series(dtype=float) if g is None else _finite(g["value"])
+
+        def last(metric: str) -> float:
+            v = values(metric)
+            return float(v.iloc[-1]) if len(v) else float("nan")
+
+        test = values("test_acc")
+        row["test_acc_final"] = float(test.iloc[-1]) if len(test) else float("nan")
+        row["test_acc_best"] = float(test.max()) if len(test) else float("nan")
+        row["test_acc_last10"] = float(test.iloc[-10:].mean()) if len(test) else float("nan")
+        val = values("val_acc")
+        row["val_acc_final"] = float(val.iloc[-1]) if len(val) else float("nan")
+        row["val_acc_best"] = float(val.max()) if len(val) else float("nan")
+        for name in ("auc", "precision", "recall", "labeled"):
+            per_net = [last(f"{name}_net{k}") for k in (1, 2)]
+            row[f"{name}_net1_final"], row[f"{name}_net2_final"] = per_net
+            finite = [v for v in per_net if math.isfinite(v)]
+            row[f"{name}_final"] = float(np.mean(finite)) if finite else float("nan")
+        row["epochs"] = int(run_hist["step"].max()) + 1
+        secs = values("epoch_seconds")
+        row["train_seconds"] = float(secs.sum()) if len(secs) else float("nan")
+        row["_last_timestamp"] = int(run_hist["timestamp"].max())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def varying_params(trials: pd.DataFrame, params: Iterable[str]) -> list[str]:
+    """The params that take more than one value across the trials (the searched ones)."""
+    return [p for p in params if p in trials and trials[p].astype(str).nunique(dropna=False) > 1]
+
+
+# ---- MLflow read-back -------------------------------------------------------------------------
+@dataclass
+class Sweep:
+    """A sweep read back from MLflow (see the module docstring for the two tables)."""
+
+    experiment: str
+    experiment_id: str
+    tracking_uri: str
+    trials: pd.DataFrame
+    history: pd.DataFrame
+    params: list[str]
+    """All flat param keys (columns of `trials`)."""
+    searched: list[str]
+    """Params that vary across trials (the search space, plus the seed when seeds repeat)."""
+    parent_run_ids: list[str] = field(default_factory=list)
+    """Runs tagged dmx.role=sweep in the experiment (where sweep-level plots are logged)."""
+
+    @property
+    def objective(self) -> str:
+        return OBJECTIVE
+
+
+def _client(tracking_uri: str | None):
+    from mlflow import MlflowClient
+
+    from dmx.tracking import resolve_tracking_uri  # the same default store as the writer
+
+    uri = resolve_tracking_uri(tracking_uri)
+    return MlflowClient(tracking_uri=uri), uri
+
+
+def _search_all(client, experiment_id: str, filter_string: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=filter_string, max_results=1000, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def load_sweep(
+    experiment: str | None = None,
+    *,
+    parent_run_id: str | None = None,
+    tracking_uri: str | None = None,
+    metrics: Sequence[str] | None = None,
+) -> Sweep:
+    """Read every trial of an experiment (or of one sweep parent run) into a `Sweep`.
+
+    Args:
+        experiment: MLflow experiment name (one experiment per sweep). May be None when
+            `parent_run_id` is given.
+        parent_run_id: restrict to the nested runs of this sweep run.
+        tracking_uri: MLflow tracking URI (default: MLFLOW_TRACKING_URI / MLflow's default).
+        metrics: metric keys whose per-epoch history to read (default: every logged metric).
+
+    Trial runs are every run that is not a sweep parent (dmx.role=trial, or =train for
+    standalone runs logged into the same experiment). Raises LookupError when nothing is found.
+    """
+    client, uri = _client(tracking_uri)
+    if experiment is None and parent_run_id is None:
+        raise ValueError("name an experiment or a sweep parent run.")
+    if parent_run_id is not None:
+        parent = client.get_run(parent_run_id)
+        exp = client.get_experiment(parent.info.experiment_id)
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            names = sorted(e.name for e in client.search_experiments())
+            raise LookupError(
+                f"No MLflow experiment named {experiment!r} at {uri}. Known: {', '.join(names)}"
+            )
+    runs = _search_all(client, exp.experiment_id, "")
+    parents = [r.info.run_id for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
+    if parent_run_id is not None:
+        runs = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id]
+        parents = [parent_run_id]
+    runs = [r for r in runs if r.data.tags.get(ROLE_TAG) != "sweep"]
+    if not runs:
+        raise LookupError(f"Experiment {exp.name!r} at {uri} holds no trial runs yet.")
+
+    hist_rows = []
+    for run in runs:
+        keys = run.data.metrics.keys() if metrics is None else metrics
+        for key in keys:
+            for m in client.get_metric_history(run.info.run_id, key):
+                hist_rows.append(
+                    (run.info.run_id, key, int(m.step), float(m.value), int(m.timestamp))
+                )
+    history = dedup_history(
+        pd.DataFrame(hist_rows, columns=["run_id", "metric", "step", "value", "timestamp"])
+    )
+
+    param_keys = sorted({k for r in runs for k in r.data.params})
+    base = []
+    for run in runs:
+        tags = run.data.tags
+        base.append(
+            {
+                "run_id": run.info.run_id,
+                "trial_id": tags.get(TRIAL_ID_TAG, run.info.run_name),
+                "run_name": run.info.run_name,
+                "role": tags.get(ROLE_TAG, ""),
+                "status": run.info.status,
+                "parent_run_id": tags.get(PARENT_TAG),
+                "preset": tags.get("dmx.preset"),
+                "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
+                "_start_ms": run.info.start_time,
+                "_end_ms": run.info.end_time,
+                **{k: parse_param(run.data.params.get(k)) for k in param_keys},
+            }
+        )
+    trials = pd.DataFrame(base)
+    for key in param_keys:
+        trials[key] = _typed_column(trials[key])
+    summary = summarize_history(history) if not history.empty else pd.DataFrame({"run_id": []})
+    trials = trials.merge(summary, on="run_id", how="left")
+    for col in SUMMARY_COLUMNS:
+        if col not in trials and col != "auc_net1_final":
+            trials[col] = np.nan
+    end = trials["_end_ms"].where(trials["_end_ms"].notna(), trials.get("_last_timestamp"))
+    trials["wall_seconds"] = (end - trials["_start_ms"]) / 1000.0
+    trials = trials.drop(columns=[c for c in trials if c.startswith("_")])
+    trial_ids = trials.set_index("run_id")["trial_id"]
+    history.insert(1, "trial_id", history["run_id"].map(trial_ids))
+    return Sweep(
+        experiment=exp.name,
+        experiment_id=exp.experiment_id,
+        tracking_uri=uri,
+        trials=rank_trials(trials),
+        history=history,
+        params=param_keys,
+        searched=varying_params(trials, param_keys),
+        parent_run_ids=parents,
+    )
+
+
+# ---- comparisons -----------------------------------------------------------------------------
+def rank_trials(trials: pd.DataFrame, *, by: str = OBJECTIVE) -> pd.DataFrame:
+    """Trials sorted best-first by `by` (descending, nan last), with a 1-based `rank` column."""
+    out = trials.sort_values(
+        [by, "test_acc_last10"], ascending=False, na_position="last", kind="stable"
+    )
+    out = out.reset_index(drop=True)
+    out.insert(0, "rank", np.arange(1, len(out) + 1))
+    if "rank" in trials:  # re-ranking an already ranked table
+        out = out.loc[:, ~out.columns.duplicated()]
+        out["rank"] = np.arange(1, len(out) + 1)
+    return out
+
+
+def objective_test_correlation(
+    trials: pd.DataFrame, *, objective: str = OBJECTIVE, test: str = "test_acc_final"
+) -> dict[str, float]:
+    """Does the noisy-validation objective pick what the test set would have?
+
+    Returns spearman (rank correlation across trials with both values; nan with < 3 trials or
+    no variation), n, the test accuracy of the trial the objective picks, the best test accuracy
+    of any trial, and their difference (regret, in accuracy points).
+    """
+    both = trials[[objective, test]].apply(pd.to_numeric, errors="coerce").dropna()
+    out: dict[str, float] = {"n": int(len(both)), "spearman": float("nan")}
+    if len(both) >= 3 and both[objective].nunique() > 1 and both[test].nunique() > 1:
+        out["spearman"] = float(both[objective].corr(both[test], method="spearman"))
+    if len(both):
+        picked = both.loc[both[objective].idxmax(), test]
+        out.update(picked_test=float(picked), best_test=float(both[test].max()))
+        out["regret"] = out["best_test"] - out["picked_test"]
+    return out
+
+
+def group_summary(
+    trials: pd.DataFrame,
+    by: Sequence[str],
+    *,
+    columns: Sequence[str] = ("val_acc_final", "test_acc_final", "test_acc_last10", "auc_final"),
+) -> pd.DataFrame:
+    """Mean, std and count of `columns` per value of the params `by` (e.g. over seeds), sorted
+    by the mean of the first column, best first. Column names: `<col>_mean`, `<col>_std`, `n`."""
+    missing = [b for b in by if b not in trials]
+    if missing:
+        raise KeyError(f"cannot group by {missing}: not a param of these trials")
+    cols = [c for c in columns if c in trials]
+    grouped = trials.groupby(list(by), dropna=False)[cols]
+    stats = grouped.agg(["mean", "std"])
+    stats.columns = [f"{c}_{s}" for c, s in stats.columns]
+    stats["n"] = grouped.size()
+    stats = stats.reset_index()
+    if cols:
+        stats = stats.sort_values(f"{cols[0]}_mean", ascending=False, na_position="last")
+    return stats.reset_index(drop=True)
+
+
+def default_grouping(sweep: Sweep) -> list[str]:
+    """Group by the searched params other than the seed when the seed varies and some setting
+    repeats (a multi-seed sweep); otherwise no grouping."""
+    if SEED_PARAM not in sweep.searched:
+        return []
+    rest = [p for p in sweep.searched if p != SEED_PARAM]
+    if not rest:
+        return []
+    repeats = sweep.trials.groupby(rest, dropna=False).size().max()
+    return rest if repeats > 1 else []
+
+
+def best_setting(trials: pd.DataFrame, params: Sequence[str]) -> dict[str, Any]:
+    """The searched-param values of the top-ranked trial (JSON-friendly)."""
+    if trials.empty:
+        return {}
+    top = trials.iloc[0]
+    return {p: _plain(top[p]) for p in params if p in top}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if value is pd.NA:
+        return None
+    return value
+
+
+def format_value(value: Any, digits: int = 3) -> str:
+    """A table cell: floats with 2 decimals (>= 1) or `digits` significant digits, nan blank."""
+    if isinstance(value, (float, np.floating)):
+        if math.isnan(value):
+            return ""
+        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.{digits}g}"
+    return "" if value is None or value is pd.NA else str(value)
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=_plain, sort_keys=True)
+
+
+__all__ = [
+    "OBJECTIVE",
+    "SUMMARY_COLUMNS",
+    "Sweep",
+    "best_setting",
+    "dedup_history",
+    "default_grouping",
+    "group_summary",
+    "load_sweep",
+    "objective_test_correlation",
+    "parse_param",
+    "rank_trials",
+    "summarize_history",
+    "varying_params",
+]
