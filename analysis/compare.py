@@ -28,6 +28,8 @@ from analysis.runs import (  # noqa: E402
     Sweep,
     best_setting,
     default_grouping,
+    format_cell,
+    format_mean_std,
     format_value,
     group_summary,
     load_sweep,
@@ -60,6 +62,9 @@ HEADERS = {
     "recall_final": "recall",
     "wall_seconds": "wall s",
 }
+
+
+GROUP_METRICS = ("val_acc_final", "test_acc_final", "test_acc_last10", "auc_final")
 
 
 @dataclass
@@ -99,12 +104,14 @@ def compare(
         raise KeyError(f"--rank-by {rank_by!r} is not a column; try one of {METRIC_COLUMNS[:5]}")
     ranked = rank_trials(sweep.trials.drop(columns="rank", errors="ignore"), by=rank_by)
     keys = list(group_by) if group_by else default_grouping(sweep)
-    groups = group_summary(ranked, keys) if keys else None
+    columns = [rank_by, *(m for m in GROUP_METRICS if m != rank_by)]
+    finished = ranked[ranked["status"] == "FINISHED"]  # a failed trial stopped mid-way
+    groups = group_summary(finished, keys, columns=columns) if keys and len(finished) else None
     return Comparison(
         sweep=sweep,
         ranked=ranked,
         rank_by=rank_by,
-        best=best_setting(ranked, sweep.searched),
+        best=best_setting(ranked, sweep.searched, groups),
         correlation=objective_test_correlation(ranked),
         group_by=keys,
         groups=groups,
@@ -117,13 +124,25 @@ def display_columns(comparison: Comparison) -> list[str]:
     return [c for c in cols if c in comparison.ranked]
 
 
+def display_headers(comparison: Comparison) -> dict[str, str]:
+    """Column headers: HEADERS, and params by their last dotted part when that is unambiguous."""
+    short = [p.rsplit(".", 1)[-1] for p in comparison.sweep.searched]
+    params = {
+        p: s for p, s in zip(comparison.sweep.searched, short, strict=True) if short.count(s) == 1
+    }
+    return {**HEADERS, **params}
+
+
 def markdown_table(
     frame: pd.DataFrame, columns: list[str] | None = None, headers: dict[str, str] | None = None
 ) -> str:
     """A GitHub-flavoured markdown table (numbers right-aligned) without extra dependencies."""
     columns = list(frame.columns) if columns is None else columns
     headers = headers or {}
-    cells = [[format_value(v) for v in row] for row in frame[columns].itertuples(index=False)]
+    cells = [
+        [format_cell(c, v) for c, v in zip(columns, row, strict=True)]
+        for row in frame[columns].itertuples(index=False)
+    ]
     names = [headers.get(c, c) for c in columns]
     numeric = [
         pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
@@ -159,10 +178,33 @@ def groups_table(groups: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for m in metrics:
         mean, std = groups[f"{m}_mean"], groups[f"{m}_std"]
         out[HEADERS.get(m, m) + " (mean ± std)"] = [
-            f"{format_value(a)} ± {format_value(b) or '–'}" for a, b in zip(mean, std, strict=True)
+            format_mean_std(a, b) for a, b in zip(mean, std, strict=True)
         ]
     out["n"] = groups["n"]
     return out
+
+
+def best_text(c: Comparison) -> str:
+    """One sentence naming the setting to use and the evidence for it."""
+    setting = ", ".join(f"{k}={format_cell(k, v)}" for k, v in c.best.items())
+    setting = setting or "(no parameter varies)"
+    top = c.ranked.iloc[0]
+    single = (
+        f"trial {top['trial_id']}: {c.rank_by} {format_value(top[c.rank_by])}, "
+        f"test acc {format_value(top['test_acc_final'])}%"
+    )
+    if c.groups is None:
+        return f"Best setting: {setting} ({single})."
+    g = c.groups.iloc[0]
+
+    def mean_std(col: str) -> str:
+        return format_mean_std(g[col + "_mean"], g[col + "_std"])
+
+    return (
+        f"Best setting: {setting} (best mean {c.rank_by} over {int(g['n'])} runs: "
+        f"{mean_std(c.rank_by)}; test acc {mean_std('test_acc_final')}%). "
+        f"Best single {single}."
+    )
 
 
 def format_text(comparison: Comparison) -> str:
@@ -171,18 +213,11 @@ def format_text(comparison: Comparison) -> str:
     lines = [
         f"# {c.sweep.experiment}: {len(c.ranked)} trials, ranked by {c.rank_by}",
         "",
-        markdown_table(c.ranked, display_columns(c), HEADERS),
+        markdown_table(c.ranked, display_columns(c), display_headers(c)),
         "",
     ]
     if len(c.ranked):
-        top = c.ranked.iloc[0]
-        setting = (
-            ", ".join(f"{k}={format_value(v)}" for k, v in c.best.items()) or "(no param varies)"
-        )
-        lines.append(
-            f"Best setting: {setting} (trial {top['trial_id']}, {c.rank_by} "
-            f"{format_value(top[c.rank_by])}, test acc {format_value(top['test_acc_final'])}%)."
-        )
+        lines.append(best_text(c))
     corr = c.correlation
     if corr["n"] >= 3 and corr["spearman"] == corr["spearman"]:
         lines.append(
@@ -199,7 +234,7 @@ def format_text(comparison: Comparison) -> str:
     if c.groups is not None:
         lines += [
             "",
-            f"## Mean ± std per {', '.join(c.group_by)}",
+            f"## Mean ± std per {', '.join(c.group_by)} (finished trials)",
             "",
             markdown_table(groups_table(c.groups, c.group_by)),
         ]

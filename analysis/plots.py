@@ -68,6 +68,12 @@ def _trial_colors(trials: pd.DataFrame) -> dict[str, Any]:
     return {rid: cmap(0.85 * i / n) for i, rid in enumerate(trials["run_id"])}
 
 
+def _integer_x(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _curves(
     ax, history: pd.DataFrame, trials: pd.DataFrame, metric: str, params: Sequence[str]
 ) -> bool:
@@ -103,6 +109,7 @@ def accuracy_curves(history: pd.DataFrame, trials: pd.DataFrame, params: Sequenc
             )
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        _integer_x(ax)
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
     _legend(fig, axes[0], len(trials))
@@ -142,6 +149,8 @@ def objective_vs_params(
         numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
         if numeric:
             x = values.astype(float).to_numpy()
+            if pd.api.types.is_integer_dtype(values):
+                _integer_x(ax)
         else:  # categorical: positions with the values as tick labels
             cats = sorted(values.astype(str).unique())
             x = values.astype(str).map({c: i for i, c in enumerate(cats)}).to_numpy(float)
@@ -244,9 +253,6 @@ def importance_plot(importances: dict[str, float] | None, note: str) -> Figure:
     ax.set_xlim(0, 1)
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
-    ax.text(
-        0.99, 1.0, note, transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.4"
-    )
     return fig
 
 
@@ -289,6 +295,8 @@ def division_curves(history: pd.DataFrame, trials: pd.DataFrame, params: Sequenc
             )
         ax.set_title(title)
         ax.set_xlabel("epoch")
+        _integer_x(ax)
+        ax.set_xlim(left=-0.2)  # keep the warmup epochs (no division yet) in view
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     _legend(fig, axes[0], len(trials))

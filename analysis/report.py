@@ -28,21 +28,22 @@ import pandas as pd  # noqa: E402
 
 from analysis import plots  # noqa: E402
 from analysis.compare import (  # noqa: E402
-    HEADERS,
     Comparison,
     add_sweep_arguments,
+    best_text,
     compare,
     display_columns,
+    display_headers,
     groups_table,
     load_from_args,
     write_outputs,
 )
-from analysis.runs import SUMMARY_COLUMNS, Sweep, format_value  # noqa: E402
+from analysis.runs import SUMMARY_COLUMNS, Sweep, format_cell, format_value  # noqa: E402
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
        color: #1d2330; background: #f6f7f9; }
-main { max-width: 1200px; margin: 0 auto; padding: 24px 32px 64px; }
+main { max-width: 1400px; margin: 0 auto; padding: 20px 24px 64px; }
 h1 { font-size: 26px; margin: 8px 0 4px; }
 h2 { font-size: 19px; margin: 34px 0 10px; padding-bottom: 4px; border-bottom: 2px solid #dde1e8; }
 h3 { font-size: 15px; margin: 20px 0 6px; }
@@ -53,8 +54,8 @@ h3 { font-size: 15px; margin: 20px 0 6px; }
 .card b { display: block; font-size: 22px; }
 .card span { color: #5b6475; font-size: 12px; }
 .scroll { overflow-x: auto; background: #fff; border: 1px solid #dde1e8; border-radius: 8px; }
-table { border-collapse: collapse; font-size: 13px; width: 100%; }
-th, td { padding: 5px 9px; border-bottom: 1px solid #eceef2; white-space: nowrap; }
+table { border-collapse: collapse; font-size: 12.5px; }
+th, td { padding: 4px 7px; border-bottom: 1px solid #eceef2; white-space: nowrap; }
 th { background: #eef1f6; text-align: left; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { background: #e8f6ec; font-weight: 600; }
@@ -105,9 +106,9 @@ def html_table(
     for _, row in frame.iterrows():
         cls = row_class(row) if row_class else ""
         cells = "".join(
-            f'<td class="num">{_esc(format_value(row[c]))}</td>'
+            f'<td class="num">{_esc(format_cell(c, row[c]))}</td>'
             if numeric[c]
-            else f"<td>{_esc(format_value(row[c]))}</td>"
+            else f"<td>{_esc(format_cell(c, row[c]))}</td>"
             for c in columns
         )
         rows.append(f'<tr class="{cls}">{cells}</tr>' if cls else f"<tr>{cells}</tr>")
@@ -234,13 +235,8 @@ def render_html(
         ),
         "</div>",
     ]
-    setting = ", ".join(
-        f"<code>{_esc(k)}={_esc(format_value(v))}</code>" for k, v in c.best.items()
-    )
-    body.append(
-        f"<p><b>Best setting:</b> {setting or 'no parameter varies'} — trial "
-        f"<b>{_esc(top['trial_id'])}</b>.</p>"
-    )
+    head, _, rest = best_text(c).partition(": ")
+    body.append(f"<p><b>{_esc(head)}:</b> {_esc(rest)}</p>")
     if corr["n"] >= 3 and corr["spearman"] == corr["spearman"]:
         verdict = (
             "agree well"
@@ -272,12 +268,15 @@ def render_html(
         '<section id="trials"><h2>Trials, ranked by the objective</h2>',
         f'<p class="meta">{_esc(SUMMARY_COLUMNS["val_acc_final"])}; AUC / precision / recall: '
         "clean detection at the end, mean of the two nets.</p>",
-        html_table(ranked, display_columns(c), HEADERS, row_class=row_class),
+        html_table(ranked, display_columns(c), display_headers(c), row_class=row_class),
         "</section>",
         '<section id="groups"><h2>Stability across seeds</h2>',
     ]
     if c.groups is not None:
-        body.append(f"<p>Mean ± std (sample std) per {_esc(', '.join(c.group_by))}.</p>")
+        body.append(
+            f"<p>Mean ± sample std per {_esc(', '.join(c.group_by))}, over the finished trials "
+            "(a failed trial stopped mid-way and would skew it).</p>"
+        )
         body.append(html_table(groups_table(c.groups, c.group_by)))
     else:
         body.append(

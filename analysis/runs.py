@@ -355,8 +355,14 @@ def default_grouping(sweep: Sweep) -> list[str]:
     return rest if repeats > 1 else []
 
 
-def best_setting(trials: pd.DataFrame, params: Sequence[str]) -> dict[str, Any]:
-    """The searched-param values of the top-ranked trial (JSON-friendly)."""
+def best_setting(
+    trials: pd.DataFrame, params: Sequence[str], groups: pd.DataFrame | None = None
+) -> dict[str, Any]:
+    """The setting to use (JSON-friendly): the first row of `groups` (best mean objective over
+    seeds) when given, else the searched-param values of the top-ranked trial."""
+    if groups is not None and len(groups):
+        top = groups.iloc[0]
+        return {p: _plain(top[p]) for p in groups.columns if "." in p}
     if trials.empty:
         return {}
     top = trials.iloc[0]
@@ -378,6 +384,22 @@ def format_value(value: Any, digits: int = 3) -> str:
             return ""
         return f"{value:.2f}" if abs(value) >= 1 else f"{value:.{digits}g}"
     return "" if value is None or value is pd.NA else str(value)
+
+
+def format_mean_std(mean: Any, std: Any) -> str:
+    """`66.50 ± 0.71` (2 decimals for values >= 1, else 3); a missing std (n = 1) shows `–`."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    decimals = 2 if abs(mean) >= 1 else 3
+    missing = std is None or (isinstance(std, float) and math.isnan(std))
+    return f"{mean:.{decimals}f} ± " + ("–" if missing else f"{std:.{decimals}f}")
+
+
+def format_cell(column: str, value: Any) -> str:
+    """`format_value`, except params (dotted columns) keep their plain value: 50, 0.8, 1e-05."""
+    if "." in column and isinstance(value, (float, np.floating)) and not math.isnan(value):
+        return f"{value:g}"
+    return format_value(value)
 
 
 def to_json(obj: Any) -> str:

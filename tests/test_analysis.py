@@ -208,8 +208,14 @@ def test_compare_cli(store, tmp_path, capsys):
     )
     assert code == 0
     out = capsys.readouterr().out
-    assert "| rank" in out and "Best setting: dividemix.lambda_u=50.00" in out
-    assert "Spearman rank correlation" in out and "Mean ± std per dividemix.lambda_u" in out
+    assert (
+        "| rank" in out
+        and "Best setting: dividemix.lambda_u=50, dividemix.p_threshold=0.8 (best mean" in out
+    )
+    assert (
+        "Spearman rank correlation" in out
+        and "Mean ± std per dividemix.lambda_u, dividemix.p_threshold (finished" in out
+    )
     table = pd.read_parquet(tmp_path / "trials.parquet")
     assert table["trial_id"].iloc[0] == "t5" and len(table) == 7
     assert pd.read_csv(tmp_path / "trials.csv")["trial_id"].iloc[0] == "t5"
@@ -221,10 +227,17 @@ def _is_png(path: Path) -> bool:
     return path.stat().st_size > 2000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_plots_are_nonempty_images(sweep, tmp_path):
-    paths, notes = plots.make_sweep_plots(
-        sweep, tmp_path, sample_frame=_clean_probs_frame(), sample_title="t5"
-    )
+@pytest.fixture(scope="module")
+def report_dir(store, tmp_path_factory):
+    """One report run (plots + HTML, logged to MLflow), shared by the tests that inspect it."""
+    out = tmp_path_factory.mktemp("report")
+    args = ["--experiment", EXPERIMENT, "--tracking-uri", store["uri"], "--out", str(out)]
+    assert report.main([*args, "--log-to-mlflow"]) == 0
+    return out
+
+
+def test_plots_are_nonempty_images(report_dir):
+    paths = {p.stem: p for p in (report_dir / "plots").glob("*.png")}
     assert set(paths) == {
         "accuracy_curves",
         "objective_vs_params",
@@ -233,7 +246,18 @@ def test_plots_are_nonempty_images(sweep, tmp_path):
         "loss_histogram",
     }
     assert all(_is_png(p) for p in paths.values())
-    assert "fANOVA" in notes["param_importances"]
+
+
+def test_sample_plots_from_arrays(tmp_path):
+    frame = _clean_probs_frame()
+    fig = plots.loss_histogram(
+        frame["loss_net1"], given_labels=frame["given_label"], true_labels=frame["true_label"]
+    )
+    assert _is_png(plots.save_figure(fig, tmp_path / "h.png"))
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert any("threshold" in x for x in labels) and any("wrong label" in x for x in labels)
+    fig = plots.importance_plot(None, "Need at least 2 trials")
+    assert _is_png(plots.save_figure(fig, tmp_path / "n.png"))
 
 
 def test_param_importances_degrade_gracefully(sweep):
@@ -258,20 +282,8 @@ def test_loss_gmm_threshold_separates_the_modes():
     assert 0.2 < thr < 0.6
 
 
-def test_report_is_self_contained_and_well_formed(store, tmp_path):
-    path = report.main(
-        [
-            "--experiment",
-            EXPERIMENT,
-            "--tracking-uri",
-            store["uri"],
-            "--out",
-            str(tmp_path),
-            "--log-to-mlflow",
-        ]
-    )
-    assert path == 0
-    html = (tmp_path / "report.html").read_text()
+def test_report_is_self_contained_and_well_formed(store, report_dir):
+    html = (report_dir / "report.html").read_text()
 
     class Check(HTMLParser):
         def __init__(self):
