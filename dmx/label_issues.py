@@ -25,6 +25,7 @@ artifacts. `run_label_issues` is what `dmx label-issues` calls.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -357,6 +358,14 @@ def _download_mlflow_artifact(run_id: str, artifact: str, tracking_uri: str | No
     return Path(local)
 
 
+def _run_p_threshold(source: str | Path, default: float = 0.5) -> float:
+    config = Path(source).expanduser() / "config.json"
+    try:
+        return float(json.loads(config.read_text()).get("dividemix.p_threshold", default))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return default
+
+
 def _default_out(source: str | Path) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
@@ -372,15 +381,18 @@ def run_label_issues(
     top_k: int | None = None,
     out: str | Path | None = None,
     tracking_uri: str | None = None,
-    p_threshold: float = 0.5,
+    p_threshold: float | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float], list[Path]]:
     """Rank the samples of a finished run and write OUT.parquet and OUT.csv.
 
     `source` is a run directory, a clean_probs.parquet file, or an MLflow run id. The written
     table holds the first `top_k` rows of the ranking (all rows when None); the summary is
     computed on the whole ranking with K = top_k (or the flagged count). Returns (table written,
-    summary, [parquet path, csv path]).
+    summary, [parquet path, csv path]). `p_threshold` None takes the run's own
+    `dividemix.p_threshold` from RUN_DIR/config.json when there is one, else 0.5.
     """
+    if p_threshold is None:
+        p_threshold = _run_p_threshold(source)
     table = table_from_clean_probs(
         load_clean_probs(source, tracking_uri=tracking_uri), p_threshold=p_threshold
     )
@@ -445,14 +457,19 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tracking-uri",
+        "--mlflow-uri",
+        dest="tracking_uri",
         default=None,
+        metavar="URI",
         help="MLflow URI for a run-id SOURCE (default: $MLFLOW_TRACKING_URI)",
     )
     p.add_argument(
         "--p-threshold",
         type=float,
-        default=0.5,
-        help="flag samples whose mean clean probability is below this (default 0.5)",
+        default=None,
+        metavar="P",
+        help="flag samples whose mean clean probability is below P (default: the run's "
+        "dividemix.p_threshold from RUN_DIR/config.json, else 0.5)",
     )
     p.set_defaults(func=run_cli)
     return p
