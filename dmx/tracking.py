@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunStatus, RunTag, ViewType
+from mlflow.entities import Metric, Param, RunTag, ViewType
 from mlflow.exceptions import MlflowException
 
 ROLE_TAG = "dmx.role"
@@ -61,8 +61,9 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
             return "sqlite:///" + str(Path(path).expanduser().resolve())
         return uri
     if uri.startswith("file:"):
-        path = uri[len("file:") :].lstrip("/")
-        return Path("/" + path).as_uri() if uri.startswith("file:///") else Path(path).resolve().as_uri()
+        if uri.startswith("file:///"):
+            return uri
+        return Path(uri[len("file:") :]).expanduser().resolve().as_uri()
     if "://" not in uri:  # a bare folder: MLflow's (deprecated) file store
         return Path(uri).expanduser().resolve().as_uri()
     return uri
@@ -86,7 +87,9 @@ def check_tracking_uri(uri: str, *, timeout: float = 10.0) -> str:
         try:
             db.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise TrackingError(f"MLflow store {uri}: cannot create folder {db.parent}: {exc}") from exc
+            raise TrackingError(
+                f"MLflow store {uri}: cannot create folder {db.parent}: {exc}"
+            ) from exc
         if not os.access(db.parent, os.W_OK):
             raise TrackingError(f"MLflow store {uri}: folder {db.parent} is not writable.")
     if uri.startswith(("http://", "https://")):
@@ -95,8 +98,9 @@ def check_tracking_uri(uri: str, *, timeout: float = 10.0) -> str:
                 resp.read()
         except (urllib.error.URLError, OSError) as exc:
             raise TrackingError(
-                f"MLflow tracking server {uri} is not reachable ({exc}). Start it (`mlflow server "
-                "--host 127.0.0.1 --port 5000 ...`), check the address, or pass another --mlflow-uri."
+                f"MLflow tracking server {uri} is not reachable ({exc}). Start it (`mlflow "
+                "server --host 127.0.0.1 --port 5000 ...`), check the address, or pass another "
+                "--mlflow-uri."
             ) from exc
     try:
         MlflowClient(uri).search_experiments(max_results=1)
@@ -106,22 +110,24 @@ def check_tracking_uri(uri: str, *, timeout: float = 10.0) -> str:
 
 
 def git_commit(path: str | Path | None = None) -> tuple[str, bool]:
-    """(commit hash, dirty) of the git work tree holding `path` (default: this package); ("", False)
-    when it is not a git checkout (e.g. a pip-installed copy in a Docker image)."""
+    """(commit hash, dirty) of the git work tree holding `path` (default: this package). Outside a
+    checkout (a pip-installed copy, e.g. the Docker image) the commit is `DMX_GIT_COMMIT` (set at
+    image build time), else ""."""
     where = Path(path) if path else Path(__file__).resolve().parent
+    fallback = (os.environ.get("DMX_GIT_COMMIT", ""), False)
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10
         )
         if commit.returncode != 0:
-            return "", False
+            return fallback
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=where, capture_output=True, text=True, timeout=10,
         )
         return commit.stdout.strip(), bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
-        return "", False
+        return fallback
 
 
 def provenance_tags(*, preset: str = "", node: str | None = None, commit: str | None = None,
@@ -265,7 +271,8 @@ class RunLogger:
         _retry(lambda: self.client.set_terminated(self.run_id, status=status))
 
     def status(self) -> str:
-        return RunStatus.to_string(RunStatus.from_string(self.client.get_run(self.run_id).info.status))
+        """RUNNING, FINISHED, FAILED or KILLED."""
+        return str(self.client.get_run(self.run_id).info.status)
 
 
 def open_run(
@@ -352,7 +359,8 @@ def end_trial_run(tracking_uri: str, experiment_id: str, trial_id: str, status: 
     on a trial). Returns False when the trial never opened a run."""
     uri = resolve_tracking_uri(tracking_uri)
     client = MlflowClient(uri)
-    run_id = _retry(lambda: find_run(client, experiment_id, {ROLE_TAG: "trial", TRIAL_TAG: trial_id}))
+    key_tags = {ROLE_TAG: "trial", TRIAL_TAG: trial_id}
+    run_id = _retry(lambda: find_run(client, experiment_id, key_tags))
     if run_id is None:
         return False
     logger = RunLogger(uri, run_id)
