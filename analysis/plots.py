@@ -5,11 +5,16 @@ Every plotting function takes tables (from `analysis.runs`) or arrays and return
 `Figure` built without pyplot (no global state, no display needed); `save_figure` writes it.
 `make_sweep_plots` draws them all for a `Sweep`, `log_plots_to_mlflow` uploads them under
 `plots/` of a run.
+
+    python analysis/plots.py --experiment NAME --out DIR [--trial ID] [--log-to-mlflow]
+    python analysis/plots.py --run-dir RUN_DIR --out DIR [--epoch E]   # loss histogram only
 """
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,7 +24,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.runs import OBJECTIVE, Sweep
+if __package__ in (None, ""):  # run as `python analysis/plots.py`: make `analysis` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from analysis.runs import OBJECTIVE, Sweep  # noqa: E402
 
 DPI = 110
 MAX_LEGEND = 12  # more trials than this: no per-trial legend, lines coloured by objective rank
@@ -502,6 +510,97 @@ def log_plots_to_mlflow(
     return [f"plots/{Path(p).name}" for p in files]
 
 
+def sample_table_for(
+    sweep: Sweep, trial_id: str | None = None, *, candidates: int = 3
+) -> tuple[pd.Series | None, pd.DataFrame | None]:
+    """(trial row, clean_probs frame) of trial `trial_id`, or of the best-ranked trial among the
+    first `candidates` that logged clean_probs.parquet; (None, None) when there is none."""
+    from dmx.label_issues import load_clean_probs
+
+    rows = sweep.trials
+    if trial_id is not None:
+        rows = rows[rows["trial_id"].astype(str) == str(trial_id)]
+        if rows.empty:
+            raise LookupError(f"no trial {trial_id!r} in experiment {sweep.experiment!r}")
+    for _, row in rows.head(candidates).iterrows():
+        try:
+            return row, load_clean_probs(row["run_id"], tracking_uri=sweep.tracking_uri)
+        except FileNotFoundError:
+            continue
+    return None, None
+
+
+def trial_p_threshold(row: pd.Series | None, default: float = 0.5) -> float:
+    value = None if row is None else row.get("dividemix.p_threshold")
+    return default if value is None or pd.isna(value) else float(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from analysis.compare import add_sweep_arguments, load_from_args
+
+    parser = argparse.ArgumentParser(
+        prog="python analysis/plots.py",
+        description="Write the sweep plots (or one run directory's loss histogram) as PNG.",
+    )
+    add_sweep_arguments(parser)
+    parser.add_argument("--out", required=True, help="folder for the PNG files")
+    parser.add_argument(
+        "--trial",
+        default=None,
+        help="trial id of the loss histogram "
+        "(default: the best trial that logged clean_probs.parquet)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        help="instead of MLflow: draw the loss histogram of this run directory",
+    )
+    parser.add_argument(
+        "--epoch",
+        type=int,
+        default=None,
+        help="with --run-dir: epoch of sample_losses.parquet (default: final)",
+    )
+    parser.add_argument(
+        "--log-to-mlflow",
+        action="store_true",
+        help="upload the plots under plots/ of the sweep's parent run",
+    )
+    args = parser.parse_args(argv)
+    if args.run_dir:
+        run_dir = Path(args.run_dir)
+        frame = load_sample_losses(run_dir, epoch=args.epoch)
+        thr = 0.5
+        if (run_dir / "config.json").is_file():
+            import json
+
+            thr = float(
+                json.loads((run_dir / "config.json").read_text()).get("dividemix.p_threshold", 0.5)
+            )
+        fig = loss_histograms_from_frame(
+            frame, p_threshold=thr, title=f"{run_dir.name}: per-sample loss with the fitted GMM"
+        )
+        print(f"wrote {save_figure(fig, Path(args.out) / 'loss_histogram.png')}")
+        return 0
+    try:
+        sweep = load_from_args(args)
+        row, frame = sample_table_for(sweep, args.trial)
+    except LookupError as exc:
+        print(f"plots: {exc}", file=sys.stderr)
+        return 2
+    title = "" if row is None else f"Per-sample loss at the end of trial {row['trial_id']}"
+    paths, notes = make_sweep_plots(
+        sweep, args.out, sample_frame=frame, sample_title=title, p_threshold=trial_p_threshold(row)
+    )
+    for name, path in paths.items():
+        print(f"wrote {path}" + (f"  ({notes[name]})" if name in notes else ""))
+    if args.log_to_mlflow:
+        target = sweep.parent_run_ids[0] if sweep.parent_run_ids else sweep.trials.iloc[0]["run_id"]
+        log_plots_to_mlflow(paths, target, sweep.tracking_uri)
+        print(f"logged {len(paths)} plots under plots/ of run {target}")
+    return 0
+
+
 __all__ = [
     "accuracy_curves",
     "division_curves",
@@ -515,5 +614,10 @@ __all__ = [
     "make_sweep_plots",
     "objective_vs_params",
     "param_importances",
+    "sample_table_for",
     "save_figure",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

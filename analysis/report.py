@@ -127,21 +127,6 @@ def _card(value: str, label: str) -> str:
     return f'<div class="card"><b>{_esc(value)}</b><span>{_esc(label)}</span></div>'
 
 
-def find_sample_table(
-    comparison: Comparison, *, candidates: int = 3
-) -> tuple[pd.Series | None, pd.DataFrame | None]:
-    """(trial row, clean_probs frame) of the best-ranked trial among the first `candidates`
-    that logged clean_probs.parquet, or (None, None)."""
-    from dmx.label_issues import load_clean_probs
-
-    for _, row in comparison.ranked.head(candidates).iterrows():
-        try:
-            return row, load_clean_probs(row["run_id"], tracking_uri=comparison.sweep.tracking_uri)
-        except FileNotFoundError:
-            continue
-    return None, None
-
-
 def _label_issue_section(
     row: pd.Series | None, frame: pd.DataFrame | None, top_k: int, hist_path: Path | None
 ) -> str:
@@ -155,7 +140,7 @@ def _label_issue_section(
         return "".join(parts)
     from dmx.label_issues import summarize_ranking, table_from_clean_probs
 
-    thr = float(row.get("dividemix.p_threshold", 0.5) or 0.5)
+    thr = plots.trial_p_threshold(row)
     table = table_from_clean_probs(frame, p_threshold=thr)
     s = summarize_ranking(table, top_k=top_k)
     parts.append(
@@ -306,17 +291,22 @@ def render_html(
 
 
 def build_report(
-    sweep: Sweep, out_dir: str | Path, *, group_by: list[str] | None = None, top_k: int = 20
+    sweep: Sweep,
+    out_dir: str | Path,
+    *,
+    group_by: list[str] | None = None,
+    top_k: int = 20,
+    trial_id: str | None = None,
 ) -> tuple[Path, dict[str, Path]]:
-    """Write OUT/report.html, the PNGs and the compare.py tables; returns (html path, plots)."""
+    """Write OUT/report.html, the PNGs and the compare.py tables; returns (html path, plots).
+    The per-sample section shows `trial_id` (default: the best trial with clean_probs.parquet)."""
     out = Path(out_dir)
     comparison = compare(sweep, group_by=group_by)
     write_outputs(comparison, out)
-    sample_row, sample_frame = find_sample_table(comparison)
+    sample_row, sample_frame = plots.sample_table_for(comparison.sweep, trial_id)
+    thr = plots.trial_p_threshold(sample_row)
     title = ""
-    thr = 0.5
     if sample_row is not None:
-        thr = float(sample_row.get("dividemix.p_threshold", 0.5) or 0.5)
         title = f"Per-sample loss at the end of trial {sample_row['trial_id']}, with the fitted GMM"
     paths, notes = plots.make_sweep_plots(
         sweep, out / "plots", sample_frame=sample_frame, sample_title=title, p_threshold=thr
@@ -352,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         help="suspected label errors listed for the best trial (default 20)",
     )
     parser.add_argument(
+        "--trial",
+        default=None,
+        help="trial id of the per-sample section (default: the best trial with clean_probs)",
+    )
+    parser.add_argument(
         "--log-to-mlflow",
         action="store_true",
         help="also log the plots and report.html under plots/ of the sweep run",
@@ -359,7 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         sweep = load_from_args(args)
-        html_path, paths = build_report(sweep, args.out, group_by=args.group_by, top_k=args.top)
+        html_path, paths = build_report(
+            sweep, args.out, group_by=args.group_by, top_k=args.top, trial_id=args.trial
+        )
     except (LookupError, KeyError) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 2

@@ -332,3 +332,14 @@ def test_label_issues_from_mlflow_run(store, tmp_path):
     assert summary["precision_at_k"] == 1.0 and len(table) == 10 and paths[0].is_file()
     with pytest.raises(FileNotFoundError):
         run_label_issues(store["run_ids"]["t0"], tracking_uri=store["uri"])  # no artifact
+
+
+def test_plots_cli_loss_histogram_from_run_dir(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    _clean_probs_frame().to_parquet(run / "clean_probs.parquet")
+    (run / "config.json").write_text('{"dividemix.p_threshold": 0.6}')
+    assert plots.main(["--run-dir", str(run), "--out", str(tmp_path / "png")]) == 0
+    assert _is_png(tmp_path / "png" / "loss_histogram.png")
+    with pytest.raises(LookupError):
+        plots.load_sample_losses(run, epoch=3)  # only final losses in clean_probs.parquet
