@@ -190,8 +190,8 @@ def best_text(c: Comparison) -> str:
     setting = setting or "(no parameter varies)"
     top = c.ranked.iloc[0]
     single = (
-        f"trial {top['trial_id']}: {c.rank_by} {format_value(top[c.rank_by])}, "
-        f"test acc {format_value(top['test_acc_final'])}%"
+        f"trial {top['trial_id']}: {c.rank_by} {format_value(top[c.rank_by]) or 'n/a'}, "
+        f"test acc {format_value(top['test_acc_final']) or 'n/a'}%"
     )
     if c.groups is None:
         return f"Best setting: {setting} ({single})."

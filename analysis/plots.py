@@ -97,6 +97,7 @@ def _curves(
             h["value"],
             color=colors[row["run_id"]],
             lw=1.4,
+            marker="o" if len(h) < 3 else None,  # a one-epoch trial is a point, not a line
             label=trial_label(row, params),
         )
         drawn = True
@@ -290,6 +291,7 @@ def division_curves(history: pd.DataFrame, trials: pd.DataFrame, params: Sequenc
                 mean.to_numpy(),
                 color=colors[row["run_id"]],
                 lw=1.4,
+                marker="o" if len(mean) < 3 else None,
                 label=trial_label(row, params),
             )
         if sub.empty:

@@ -123,6 +123,11 @@ def _img(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
 
 
+def _pct(value: Any) -> str:
+    text = format_value(value)
+    return f"{text}%" if text else "n/a"
+
+
 def _card(value: str, label: str) -> str:
     return f'<div class="card"><b>{_esc(value)}</b><span>{_esc(label)}</span></div>'
 
@@ -211,9 +216,9 @@ def render_html(
         "</header>",
         '<section id="summary"><h2>Summary</h2><div class="cards">',
         _card(str(len(ranked)), ", ".join(f"{v} {k.lower()}" for k, v in statuses.items())),
-        _card(f"{format_value(top[c.rank_by])}%", f"best objective ({c.rank_by})"),
-        _card(f"{format_value(top['test_acc_final'])}%", "its final test accuracy"),
-        _card(f"{format_value(ranked['test_acc_best'].max())}%", "best test accuracy, any trial"),
+        _card(_pct(top[c.rank_by]), f"best objective ({c.rank_by})"),
+        _card(_pct(top["test_acc_final"]), "its final test accuracy"),
+        _card(_pct(ranked["test_acc_best"].max()), "best test accuracy, any trial"),
         _card(
             "–" if corr["spearman"] != corr["spearman"] else f"{corr['spearman']:.2f}",
             "Spearman(objective, test)",

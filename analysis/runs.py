@@ -271,7 +271,8 @@ def load_sweep(
         if col not in trials and col != "auc_net1_final":
             trials[col] = np.nan
     end = trials["_end_ms"].where(trials["_end_ms"].notna(), trials.get("_last_timestamp"))
-    trials["wall_seconds"] = (end - trials["_start_ms"]) / 1000.0
+    trials["wall_seconds"] = ((end - trials["_start_ms"]) / 1000.0).astype("float64")
+    trials["epochs"] = trials["epochs"].astype("Int64")  # nullable: a run may hold no metric yet
     trials = trials.drop(columns=[c for c in trials if c.startswith("_")])
     trial_ids = trials.set_index("run_id")["trial_id"]
     history.insert(1, "trial_id", history["run_id"].map(trial_ids))

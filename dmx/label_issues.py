@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -345,6 +346,9 @@ def _download_mlflow_artifact(run_id: str, artifact: str, tracking_uri: str | No
 
     tracking_uri = resolve_tracking_uri(tracking_uri)
     dst = Path(tempfile.mkdtemp(prefix="dmx-label-issues-"))
+    # One small file: MLflow's progress bar would only clutter the summary on stderr.
+    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
     try:
         local = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=artifact, dst_path=str(dst), tracking_uri=tracking_uri
@@ -355,6 +359,11 @@ def _download_mlflow_artifact(run_id: str, artifact: str, tracking_uri: str | No
             f"{tracking_uri}) could not give its {artifact}: "
             f"{exc.message}"
         ) from None
+    finally:
+        if previous is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
     return Path(local)
 
 

@@ -163,7 +163,7 @@ def test_seeded_noisy_digits_run_ranks_flipped_labels_first(tmp_path):
 
     cfg = get_preset("digits-sym-0.5").with_overrides(
         {
-            "run.epochs": 8,
+            "run.epochs": 5,
             "dividemix.warmup_epochs": 4,
             "run.device": "cpu",
             "noise.cache_dir": str(tmp_path),
