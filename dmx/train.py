@@ -265,10 +265,10 @@ def warmup_epoch(
         optimizer.zero_grad(set_to_none=True)
         total_loss.backward()
         optimizer.step()
-        total += float(loss) * len(idx)
+        total += float(loss.detach()) * len(idx)
         seen += len(idx)
         if progress:
-            progress(f"warmup {net_name}", i, len(loader), {"loss": float(loss)})
+            progress(f"warmup {net_name}", i, len(loader), {"loss": float(loss.detach())})
     return {f"warmup_loss_{net_name}": total / max(seen, 1), "_images": seen}
 
 
@@ -377,12 +377,12 @@ def dividemix_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sums["lx"] += float(lx)
-        sums["lu"] += float(lu)
-        sums["penalty"] += float(penalty)
+        sums["lx"] += float(lx.detach())
+        sums["lu"] += float(lu.detach())
+        sums["penalty"] += float(penalty.detach())
         images += len(all_inputs)
         if progress:
-            progress(f"train {net_name}", i, len(loader), {"Lx": float(lx), "Lu": float(lu)})
+            progress(f"train {net_name}", i, len(loader), {"Lx": float(lx.detach()), "Lu": float(lu.detach())})
     out = {f"{k}_{net_name}": v / len(loader) for k, v in sums.items()}
     return {**out, "lambda_u_eff": lam_u, "_images": images}
 
