@@ -187,7 +187,7 @@ def groups_table(groups: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 def best_text(c: Comparison) -> str:
     """One sentence naming the setting to use and the evidence for it."""
     setting = ", ".join(f"{k}={format_cell(k, v)}" for k, v in c.best.items())
-    setting = setting or "(no parameter varies)"
+    setting = setting or "no parameter was searched"
     top = c.ranked.iloc[0]
     single = (
         f"trial {top['trial_id']}: {c.rank_by} {format_value(top[c.rank_by]) or 'n/a'}, "
