@@ -105,7 +105,8 @@ def compare(
     ranked = rank_trials(sweep.trials.drop(columns="rank", errors="ignore"), by=rank_by)
     keys = list(group_by) if group_by else default_grouping(sweep)
     columns = [rank_by, *(m for m in GROUP_METRICS if m != rank_by)]
-    finished = ranked[ranked["status"] == "FINISHED"]  # a failed trial stopped mid-way
+    # Failed or ASHA-stopped trials ended mid-way: their final numbers would skew the mean.
+    finished = ranked[(ranked["status"] == "FINISHED") & ~ranked["stopped_early"]]
     groups = group_summary(finished, keys, columns=columns) if keys and len(finished) else None
     return Comparison(
         sweep=sweep,
@@ -234,7 +235,7 @@ def format_text(comparison: Comparison) -> str:
     if c.groups is not None:
         lines += [
             "",
-            f"## Mean ± std per {', '.join(c.group_by)} (finished trials)",
+            f"## Mean ± std per {', '.join(c.group_by)} (trials that ran to the end)",
             "",
             markdown_table(groups_table(c.groups, c.group_by)),
         ]

@@ -264,8 +264,8 @@ def render_html(
     ]
     if c.groups is not None:
         body.append(
-            f"<p>Mean ± sample std per {_esc(', '.join(c.group_by))}, over the finished trials "
-            "(a failed trial stopped mid-way and would skew it).</p>"
+            f"<p>Mean ± sample std per {_esc(', '.join(c.group_by))}, over the trials that ran "
+            "to the end (failed or early-stopped ones would skew it).</p>"
         )
         body.append(html_table(groups_table(c.groups, c.group_by)))
     else:

@@ -256,6 +256,8 @@ def load_sweep(
                 "status": run.info.status,
                 "parent_run_id": tags.get(PARENT_TAG),
                 "preset": tags.get("dmx.preset"),
+                # ASHA-stopped trials end FINISHED but carry this tag (dmx.tune)
+                "stopped_early": tags.get("dmx.stopped_early", "false") == "true",
                 "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
                 "_start_ms": run.info.start_time,
                 "_end_ms": run.info.end_time,

@@ -214,7 +214,7 @@ def test_compare_cli(store, tmp_path, capsys):
     )
     assert (
         "Spearman rank correlation" in out
-        and "Mean ± std per dividemix.lambda_u, dividemix.p_threshold (finished" in out
+        and "Mean ± std per dividemix.lambda_u, dividemix.p_threshold (trials that ran" in out
     )
     table = pd.read_parquet(tmp_path / "trials.parquet")
     assert table["trial_id"].iloc[0] == "t5" and len(table) == 7
