@@ -483,7 +483,8 @@ def run_sweep(
 
     `storage_path` is a local folder, a shared file system path or a pyarrow URI (s3://, gs://);
     results land in `storage_path/name`. `grace_period` counts DivideMix epochs after warmup
-    (default: 16, lambda_u's ramp-up length, capped by the epochs there are)."""
+    (default 16, lambda_u's ramp-up length); ASHA's rungs all lie before the last epoch, and with
+    a grace period that reaches it there is no early stopping."""
     if num_samples < 1:
         raise SweepError(f"num_samples={num_samples}: run at least one trial.")
     if max_concurrent < 1:
@@ -504,8 +505,10 @@ def run_sweep(
         raise SweepError(f"grace_period={grace_period}: must be >= 1 DivideMix epoch.")
     # ASHA's rungs all lie BEFORE the last epoch: pruning at the last epoch saves nothing, and a
     # trial that trains to the end then finishes by itself (logging its final per-sample file).
+    # A grace period reaching the last epoch leaves nothing to prune: then every trial runs to the
+    # end (FIFO).
     last_rung = dm_epochs - 1
-    grace = min(grace_period if grace_period is not None else 16, max(last_rung, 1))
+    grace = grace_period if grace_period is not None else 16
     storage = _normalize_storage(storage_path)
     commit, dirty = tracking.git_commit()
     spec = SweepSpec(
@@ -541,8 +544,8 @@ def run_sweep(
         points_to_evaluate=[p] if (p := preset_point(prepared, space)) else None,
         sampler=optuna.samplers.TPESampler(seed=seed),
     )
-    scheduler = None  # with a single DivideMix epoch there is nothing to prune: run all (FIFO)
-    if last_rung >= 1:
+    scheduler = None
+    if grace <= last_rung:
         scheduler = ASHAScheduler(
             time_attr=TIME_ATTR,
             metric=METRIC,
