@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -214,7 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ValueError, OSError, ImportError, RuntimeError, TypeError) as exc:
+        # Every error dmx raises for bad input is one of these and carries its fix in the message;
+        # DMX_DEBUG=1 shows the traceback for anything that looks like a bug instead.
+        if os.environ.get("DMX_DEBUG"):
+            raise
         print(f"dmx: error: {exc}", file=sys.stderr)
         return 2
 

@@ -78,6 +78,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+_SPLIT_STREAM, _TEST_STREAM = 0x5B117, 0x7E57  # stream tags: never collide with noise.seed
+
+
 def _stratified_subset(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """`size` indices with the class proportions of `labels`, sorted (seeded)."""
     if size >= len(labels):
@@ -127,7 +130,9 @@ def prepare_noisy_labels(cfg: Config) -> Config:
 def prepare_data(cfg: Config) -> PreparedData:
     dataset = load_dataset(cfg.data.dataset, Path(cfg.data.root), download=cfg.data.download)
     noisy = _load_labels(cfg, dataset)
-    split_rng = np.random.default_rng(cfg.data.split_seed)
+    # Own streams for the split (the noise generator may use the same integer seed, and the same
+    # stream would pick the same samples: the validation set would be exactly the flipped labels).
+    split_rng = np.random.default_rng([cfg.data.split_seed, _SPLIT_STREAM])
     pool = np.arange(len(dataset.train_labels))
     if cfg.data.subset:
         pool = _stratified_subset(noisy.noisy_labels, cfg.data.subset, split_rng)
@@ -138,7 +143,7 @@ def prepare_data(cfg: Config) -> PreparedData:
     test_idx = np.arange(len(dataset.test_labels))
     if cfg.data.test_subset:
         test_idx = _stratified_subset(
-            dataset.test_labels.numpy(), cfg.data.test_subset, np.random.default_rng(cfg.data.split_seed + 1)
+            dataset.test_labels.numpy(), cfg.data.test_subset, np.random.default_rng([cfg.data.split_seed, _TEST_STREAM])
         )
     if len(train_idx) < 2:
         raise ValueError(

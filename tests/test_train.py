@@ -170,3 +170,16 @@ def test_cuda_requested_without_cuda_is_a_clear_error(cifar10_root):
         pytest.skip("this machine has CUDA")
     with pytest.raises(RuntimeError, match="no usable CUDA"):
         fit(small_cfg(cifar10_root, **{"run.device": "cuda"}))
+
+
+def test_validation_split_is_independent_of_the_noise(tmp_path):
+    # noise.seed and data.split_seed are both 0 by default: the split must not reuse the noise
+    # generator's permutation (that made the validation set exactly the flipped samples).
+    cfg = get_preset("digits-sym-0.5").with_overrides(
+        {"data.val_fraction": 0.2, "noise.cache_dir": str(tmp_path)}
+    )
+    data = prepare_data(cfg)
+    wrong = data.noisy.noisy_labels != data.noisy.true_labels
+    overall, val = wrong.mean(), wrong[data.val_idx].mean()
+    assert abs(val - overall) < 0.08, (val, overall)
+    assert set(data.val_idx).isdisjoint(data.train_idx)
