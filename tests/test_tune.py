@@ -3,6 +3,7 @@ on a tiny CIFAR-format fixture, Ray on 2 CPUs, MLflow in a temporary sqlite stor
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -156,3 +157,29 @@ def test_sweep_end_to_end(tmp_path, local_ray):
             assert run.data.tags["dmx.stopped_early"] == "false"
     # Every trial trained on the one noisy-label file made by the driver.
     assert len({r.data.params["noise.label_file"] for r in children}) == 1
+
+
+# ---- the sweep command line -------------------------------------------------------------------
+def test_sweep_cli_builds_the_base_config(tmp_path):
+    from dmx import sweep_cli
+
+    parser = argparse.ArgumentParser()
+    sweep_cli.add_arguments(parser, preset="cifar10-asym-0.4")
+    args = parser.parse_args(["--smoke-test", "--data-dir", str(tmp_path), "--epochs", "5",
+                              "--set", "dividemix.alpha=2", "--seed", "3"])
+    cfg = sweep_cli.base_config(args)
+    assert cfg.preset == "cifar10-asym-0.4" and cfg.noise.mode == "asym"
+    assert cfg.model.name == "small_cnn" and cfg.data.subset == 2000  # smoke test
+    assert cfg.run.epochs == 5 and cfg.dividemix.alpha == 2.0 and cfg.run.seed == 3  # flags win
+    assert cfg.data.root == str(tmp_path.resolve()) and not cfg.data.download
+
+
+def test_sweep_cli_reports_bad_input_before_starting(tmp_path, capsys):
+    from dmx import sweep_cli
+
+    common = ["--data-dir", str(tmp_path), "--storage-path", str(tmp_path / "r"), "--no-mlflow"]
+    assert sweep_cli.main("cifar10-asym-0.4", ["--search", "dividemix.T=1:0.2", *common]) == 2
+    assert "inverted" in capsys.readouterr().err
+    assert sweep_cli.main("cifar10-asym-0.4", ["--resume", *common]) == 2
+    assert "--resume needs --name" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
