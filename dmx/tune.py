@@ -27,6 +27,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import tempfile
 import time
 import warnings
@@ -202,6 +203,54 @@ def dm_epoch(epoch: int, warmup_epochs: int) -> int:
     return max(0, epoch - warmup_epochs + 1)
 
 
+def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
+    """The trial's other `checkpoint_*` folders older than `checkpoint`, newest first."""
+    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    parent, _, name = path.rpartition("/")
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(parent))
+    except OSError:
+        return []
+    older = sorted(
+        i.path for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+        and i.base_name < name  # zero-padded indices: text order is age order
+    )
+    return [tune.Checkpoint(p, filesystem=fs) for p in reversed(older)]
+
+
+def _restore_state(checkpoint: tune.Checkpoint) -> Any:
+    """The TrainState in Tune's latest checkpoint of this trial, or, when that one is damaged
+    (checksum mismatch, truncated, missing file), in the newest older checkpoint that verifies.
+    A trial that has a checkpoint never silently starts again from epoch 0: with no usable
+    checkpoint left this raises CheckpointError."""
+    from dmx.state import CheckpointError, load_latest_checkpoint
+
+    errors = []
+    for candidate in [checkpoint, *_older_checkpoints(checkpoint)]:
+        try:
+            with candidate.as_directory() as ckpt_dir:
+                state = load_latest_checkpoint(Path(ckpt_dir))
+        except CheckpointError as exc:
+            errors.append(str(exc))
+            continue
+        if state is None:
+            errors.append(f"{candidate.path} holds no dmx checkpoint file.")
+            continue
+        if candidate is not checkpoint:
+            warnings.warn(
+                f"Tune's latest checkpoint {checkpoint.path} is unusable; resuming from "
+                f"{candidate.path} (epoch {state.epoch}) instead.",
+                stacklevel=2,
+            )
+        return state
+    raise CheckpointError(
+        f"No usable checkpoint for this trial (latest: {checkpoint.path}): " + " | ".join(errors)
+        + " Restart the trial from scratch (resume_sweep(..., restart_errored=True)) or restore "
+        "the files from a backup."
+    )
+
+
 def train_trial(
     params: dict[str, Any], *, base_config: dict[str, Any], sweep: dict[str, Any]
 ) -> None:
@@ -210,7 +259,7 @@ def train_trial(
     provenance computed on the driver."""
     import torch
 
-    from dmx.state import load_latest_checkpoint, save_checkpoint
+    from dmx.state import save_checkpoint
     from dmx.train import fit
 
     torch.set_num_threads(max(1, int(sweep.get("cpus_per_trial", 1))))
@@ -231,11 +280,8 @@ def train_trial(
                 "(sha256 mismatch); every trial must train on the same noisy labels."
             )
 
-    state = None
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = load_latest_checkpoint(Path(ckpt_dir))
+    state = _restore_state(checkpoint) if checkpoint is not None else None
 
     logger = None
     if sweep.get("tracking_uri"):
@@ -257,20 +303,21 @@ def train_trial(
     # fit's run directory lives outside Ray's trial folder (which Tune syncs to storage at every
     # report): Tune gets the checkpoint explicitly below, MLflow gets the small files.
     run_dir = Path(tempfile.mkdtemp(prefix=f"dmx-{trial_id}-"))
-    first_report = [True]
+    first_report = True
 
     def report(epoch: int, metrics: dict[str, float], st: Any) -> None:
+        nonlocal first_report
         if logger is not None:
             st.mlflow_run_id = logger.run_id
             logger.log_metrics(metrics, step=epoch)
-            if first_report[0]:
+            if first_report:
                 for name in ("config.json", "noisy_labels.parquet"):
                     logger.log_artifact(run_dir / name)
         # Hand Tune this epoch's checkpoint. fit has just written it; a hard link costs nothing.
         # The first report of a new trial saves afresh so the file carries the MLflow run id.
         with tempfile.TemporaryDirectory(prefix="dmx-report-") as tmp:
             written = run_dir / "checkpoints" / f"ckpt-{st.epoch:04d}.pt"
-            if first_report[0] or not written.is_file():
+            if first_report or not written.is_file():
                 save_checkpoint(st, Path(tmp), keep=1)
             else:
                 for src in (written, written.with_name(written.name + ".sha256")):
@@ -278,7 +325,7 @@ def train_trial(
                         os.link(src, Path(tmp) / src.name)
                     except OSError:  # another file system: copy
                         shutil.copyfile(src, Path(tmp) / src.name)
-            first_report[0] = False
+            first_report = False
             result = {**metrics, TIME_ATTR: dm_epoch(epoch, cfg.dividemix.warmup_epochs)}
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
@@ -416,13 +463,39 @@ def _write_spec(spec: SweepSpec) -> None:
         fh.write((json.dumps(asdict(spec), indent=2, sort_keys=True) + "\n").encode())
 
 
+def _check_ray_address(address: str, *, timeout: float = 5.0) -> None:
+    """Fail in seconds, naming the address, when nothing listens at a HOST:PORT Ray address
+    (ray.init would otherwise retry for minutes). `auto` and `local` are left to Ray."""
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise SweepError(
+            f"No Ray cluster answers at --address {address} ({exc}). Start one there (`ray start "
+            "--head --port PORT` on the head node), check the host and port (the head prints "
+            "them), or drop --address to run on a local Ray instance."
+        ) from None
+
+
 def _init_ray(address: str | None) -> None:
     if ray.is_initialized():
         return
     if address:
-        ray.init(address=address)
+        _check_ray_address(address)
+        try:
+            ray.init(address=address)
+        except ConnectionError as exc:
+            raise SweepError(
+                f"Cannot connect to a Ray cluster at --address {address}: {exc} Start one "
+                "(`ray start --head`) or drop --address to run on a local Ray instance."
+            ) from None
     else:
-        ray.init()  # a local Ray; its dashboard (when installed) binds to 127.0.0.1
+        # A local Ray. Its dashboard (when installed) serves on this machine only; expose it
+        # through an SSH tunnel, never by binding 0.0.0.0 (docs/fault_tolerance.md).
+        ray.init(dashboard_host="127.0.0.1")
 
 
 def _trainable(spec: SweepSpec) -> Any:
@@ -525,6 +598,8 @@ def run_sweep(
     # The tracking store is checked before anything else is done (and before any trial starts).
     if track:
         spec.tracking_uri = tracking.check_tracking_uri(mlflow_uri)
+    # Then the Ray cluster, before any file or MLflow run is created (nothing left half-made).
+    _init_ray(address)
     # Noisy labels once, on the driver; trials get the absolute path, never download, and check
     # the sha256.
     from dmx.train import prepare_noisy_labels
@@ -555,7 +630,6 @@ def run_sweep(
             reduction_factor=REDUCTION_FACTOR,
             stop_last_trials=False,  # past max_t a trial runs on to run.epochs
         )
-    _init_ray(address)
     tuner = tune.Tuner(
         _trainable(spec),
         tune_config=tune.TuneConfig(
@@ -594,13 +668,15 @@ def resume_sweep(
             "there). Pass the sweep's folder: STORAGE_PATH/NAME."
         )
     spec.storage_path = path.rsplit("/", 1)[0]
-    if spec.tracking_uri or mlflow_uri:
-        _open_tracking(spec, mlflow_uri)
-        _write_spec(spec)
     label_file = spec.base_config.get("noise.label_file")
     if label_file and spec.label_sha256 and _file_sha256(label_file) != spec.label_sha256:
         raise SweepError(f"{label_file} changed since the sweep started (sha256 mismatch).")
+    if spec.tracking_uri or mlflow_uri:  # checked before Ray starts; reopened after
+        tracking.check_tracking_uri(mlflow_uri or spec.tracking_uri)
     _init_ray(address)
+    if spec.tracking_uri or mlflow_uri:
+        _open_tracking(spec, mlflow_uri)
+        _write_spec(spec)
     tuner = tune.Tuner.restore(
         path,
         trainable=_trainable(spec),
