@@ -493,9 +493,10 @@ def _init_ray(address: str | None) -> None:
                 "(`ray start --head`) or drop --address to run on a local Ray instance."
             ) from None
     else:
-        # A local Ray. Its dashboard (when installed) serves on this machine only; expose it
-        # through an SSH tunnel, never by binding 0.0.0.0 (docs/fault_tolerance.md).
-        ray.init(dashboard_host="127.0.0.1")
+        # A new local Ray, even when a cluster already runs on this machine (plain ray.init()
+        # would join that one: --address auto says so explicitly). Its dashboard (when installed)
+        # serves on this machine only; expose it through an SSH tunnel, never by binding 0.0.0.0.
+        ray.init(address="local", dashboard_host="127.0.0.1")
 
 
 def _trainable(spec: SweepSpec) -> Any:
