@@ -141,9 +141,10 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
     try:
         raw = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError and others for foreign content
-        raise CheckpointError(
+        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(  # one line: it becomes an MLflow failure_reason tag
             f"Checkpoint {path} holds content that is not a dmx TrainState and was refused "
-            f"(nothing from it was run): {exc}"
+            f"(nothing from it was run): {first_line}"
         ) from exc
     if not isinstance(raw, dict) or "config" not in raw:
         raise CheckpointError(f"Checkpoint {path} is not a dmx TrainState.")
