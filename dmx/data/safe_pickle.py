@@ -23,8 +23,9 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core import numeric as _numeric  # type: ignore[no-redef]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle names a global outside the allow-list (it could execute code)."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """The pickle names a global outside the allow-list (it could execute code). A ValueError
+    too: like every other bad-input error it reaches the user as a message, not a traceback."""
 
 
 class CorruptPickleError(ValueError):
