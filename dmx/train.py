@@ -41,8 +41,9 @@ Progress = Callable[[str, int, int, dict[str, float]], None]
 """progress(phase, batch_index, num_batches, info): called after every training batch."""
 
 
-class NonFiniteLossError(FloatingPointError):
-    """A NaN/inf loss: training stops, the last good checkpoint stays untouched."""
+class NonFiniteLossError(FloatingPointError, RuntimeError):
+    """A NaN/inf loss: training stops, the last good checkpoint stays untouched. A RuntimeError
+    too, so the CLI reports it as one message (exit 2) like every other error with a fix."""
 
 
 class ResumeMismatchError(ValueError):
