@@ -268,3 +268,30 @@ def test_nan_in_a_trial_fails_it_cleanly_and_a_tampered_checkpoint_is_refused_on
     assert all(r.info.status != "RUNNING" for r in parents)
     spec = json.loads((tmp_path / "results" / "nan" / dmx_tune.SPEC_FILE).read_text())
     assert spec["name"] == "nan"
+
+
+def test_nan_in_dmx_train_ends_its_mlflow_run_failed_with_the_reason(tmp_path, monkeypatch, capsys):
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "nandigits.py").write_text(
+        POISONED.replace("nn.Linear(3, num_classes)", "nn.Linear(in_channels, num_classes)")
+        .replace("def make(num_classes):", "def make(num_classes, in_channels=3):")
+        .replace("self.calls > 4", "self.calls > 1")  # one warmup batch per net (below)
+        .replace("def __init__(self, num_classes):", "def __init__(self, num_classes, in_channels):")
+        .replace("return Poisoned(num_classes)", "return Poisoned(num_classes, in_channels)")
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    run_dir = tmp_path / "run"
+    code = dmx_main(["train", "--preset", "digits-sym-0.5", "--model", "nandigits:make",
+                     "--epochs", "3", "--set", "dividemix.warmup_epochs=1",
+                     "--set", "optim.warmup_batch_size=2000",
+                     "--set", f"noise.cache_dir={tmp_path / 'noise'}", "--out", str(run_dir),
+                     "--mlflow-uri", uri, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Non-finite loss at epoch 1" in err and "Lower optim.lr" in err, err
+    assert load_latest_checkpoint(run_dir / "checkpoints").epoch == 1  # epoch 0, intact
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("dmx-train")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED"
+    assert "NonFiniteLossError: Non-finite loss at epoch 1" in run.data.tags["dmx.failure_reason"]
