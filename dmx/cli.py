@@ -51,6 +51,14 @@ def build_config(args: argparse.Namespace, base: Config | None = None) -> Config
     return cfg.with_overrides({**shortcuts, **_parse_sets(args.set)})
 
 
+_EVENTS = {
+    "empty_labelled": "the division labelled no sample (p_threshold too high?)",
+    "empty_unlabelled": "the division left no unlabelled sample (p_threshold too low?): "
+    "MixMatch on labelled inputs only",
+    "skipped": "no labelled sample to train on: this net skipped its DivideMix step",
+}
+
+
 class _ProgressBar:
     """One tqdm bar over epochs; its text shows the phase and batch, its postfix the last metrics."""
 
@@ -75,6 +83,8 @@ class _ProgressBar:
             post["labeled"] = f"{int(m['labeled_net1'])}/{int(m['labeled_net2'])}"
         if "auc_net1" in m and m["auc_net1"] == m["auc_net1"]:
             post["auc"] = f"{m['auc_net1']:.3f}"
+        for key in sorted(k for k in m if k.startswith(("empty_", "skipped_"))):
+            self.bar.write(f"epoch {epoch}: {_EVENTS[key.rsplit('_', 1)[0]]} ({key.rsplit('_', 1)[1]})")
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
         self.epoch = epoch + 1

@@ -519,6 +519,7 @@ def fit(
     state.noisy_labels_path = str(data.noisy.path)
     state.noisy_labels_sha256 = data.noisy.sha256
     is_clean = batches.true_y == data.noisy.noisy_labels[data.train_idx]  # (N,) bool
+    noise_rate = float(1.0 - is_clean.mean())  # realised on the training split
     window = cfg.dividemix.loss_history_window
     names = ("net1", "net2")
 
@@ -528,7 +529,7 @@ def fit(
         for opt in opts:
             for group in opt.param_groups:
                 group["lr"] = lr
-        m: dict[str, float] = {"epoch": epoch, "lr": lr}
+        m: dict[str, float] = {"epoch": epoch, "lr": lr, "noise_rate": noise_rate}
         images = 0
         if epoch < cfg.dividemix.warmup_epochs:
             m["phase"] = 0

@@ -183,3 +183,18 @@ def test_validation_split_is_independent_of_the_noise(tmp_path):
     overall, val = wrong.mean(), wrong[data.val_idx].mean()
     assert abs(val - overall) < 0.08, (val, overall)
     assert set(data.val_idx).isdisjoint(data.train_idx)
+
+
+def test_bf16_and_channels_last_run_on_cpu(cifar10_root):
+    # The fast path is an option that must work on CPU as well as CUDA (results are not bit-exact).
+    cfg = small_cfg(
+        cifar10_root,
+        **{
+            "run.epochs": 2, "run.precision": "bf16", "run.channels_last": True,
+            "data.subset": 96, "data.test_subset": 40, "optim.batch_size": 16,
+        },
+    )
+    state = fit(cfg)
+    last = state.metrics_history[-1]
+    assert last["phase"] == 1 and np.isfinite(last["lx_net1"]) and 0 <= last["test_acc"] <= 100
+    assert abs(last["noise_rate"] - 0.2) < 0.15  # asym 40% flips half the classes: ~20% wrong
