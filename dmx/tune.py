@@ -219,6 +219,45 @@ def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     return [tune.Checkpoint(p, filesystem=fs) for p in reversed(older)]
 
 
+def _newest_checkpoint(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | None:
+    """The trial's newest `checkpoint_*` folder that holds a dmx checkpoint, when it is newer than
+    the one Tune restores from. Tune saves its experiment state every ~10 s, so a driver killed
+    right after a trial's report restores that trial from the previous checkpoint, or from none
+    (epoch 0); the trial's storage folder has the newer one."""
+    try:
+        if checkpoint is not None:
+            fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
+            trial_path, _, current = path.rpartition("/")
+        else:
+            from ray.train._internal.session import get_session  # no public API for this
+
+            storage = get_session().storage
+            fs, trial_path, current = storage.storage_filesystem, storage.trial_fs_path, ""
+        infos = fs.get_file_info(pafs.FileSelector(trial_path))
+    except Exception:  # noqa: BLE001 - keep Tune's choice when the folder cannot be listed
+        return checkpoint
+    newer = sorted(
+        (i.path for i in infos
+         if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
+         and i.base_name > current),
+        reverse=True,
+    )
+    for path in newer:
+        try:
+            files = fs.get_file_info(pafs.FileSelector(path))
+        except OSError:
+            continue
+        if any(f.base_name.startswith("ckpt-") and f.base_name.endswith(".pt") for f in files):
+            warnings.warn(
+                f"Tune restores this trial from {checkpoint.path if checkpoint else 'scratch'}, "
+                f"but its newer checkpoint {path} exists (the driver stopped before recording "
+                "it): resuming from that one.",
+                stacklevel=2,
+            )
+            return tune.Checkpoint(path, filesystem=fs)
+    return checkpoint
+
+
 def _restore_state(checkpoint: tune.Checkpoint) -> Any:
     """The TrainState in Tune's latest checkpoint of this trial, or, when that one is damaged
     (checksum mismatch, truncated, missing file), in the newest older checkpoint that verifies.
@@ -281,6 +320,8 @@ def train_trial(
             )
 
     checkpoint = tune.get_checkpoint()
+    if trial_id not in sweep.get("fresh_trials", ()):  # restart_errored: from scratch on purpose
+        checkpoint = _newest_checkpoint(checkpoint)
     state = _restore_state(checkpoint) if checkpoint is not None else None
 
     logger = None
@@ -499,7 +540,7 @@ def _init_ray(address: str | None) -> None:
         ray.init(address="local", dashboard_host="127.0.0.1")
 
 
-def _trainable(spec: SweepSpec) -> Any:
+def _trainable(spec: SweepSpec, fresh_trials: Iterable[str] = ()) -> Any:
     sweep = {
         "name": spec.name,
         "tracking_uri": spec.tracking_uri,
@@ -509,6 +550,7 @@ def _trainable(spec: SweepSpec) -> Any:
         "git_commit": spec.git_commit,
         "git_dirty": spec.git_dirty,
         "cpus_per_trial": spec.cpus_per_trial,
+        "fresh_trials": sorted(fresh_trials),
     }
     fn = tune.with_parameters(train_trial, base_config=spec.base_config, sweep=sweep)
     return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
@@ -678,9 +720,12 @@ def resume_sweep(
     if spec.tracking_uri or mlflow_uri:
         _open_tracking(spec, mlflow_uri)
         _write_spec(spec)
+    fresh = []  # errored trials restarted from scratch must not pick up their old checkpoints
+    if restart_errored:
+        fresh = [t.trial_id for t in tune.ExperimentAnalysis(path).trials if t.status == "ERROR"]
     tuner = tune.Tuner.restore(
         path,
-        trainable=_trainable(spec),
+        trainable=_trainable(spec, fresh),
         resume_unfinished=True,
         resume_errored=not restart_errored,
         restart_errored=restart_errored,
