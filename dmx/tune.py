@@ -759,8 +759,8 @@ def _finish(spec: SweepSpec, grid: Any) -> SweepResult:
     if spec.tracking_uri:
         parent = tracking.RunLogger(spec.tracking_uri, spec.parent_run_id)
         if best_metrics:
-            parent.log_metrics({f"best_{k}": v for k, v in best_metrics.items() if k != "epoch"},
-                               step=0)
+            summary = {f"best_trial_{k}": v for k, v in best_metrics.items() if k != "epoch"}
+            parent.log_metrics(summary, step=0)
             parent.set_tags({"dmx.best_trial_id": best_id,
                              **{f"dmx.best.{k}": v for k, v in best_params.items()}})
         for trial_id in unfinished:  # reopened (RUNNING) by resume_sweep

@@ -139,7 +139,7 @@ def test_sweep_end_to_end(tmp_path, local_ray):
     children = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "trial"]
     assert len(parents) == 1 and len(children) == 3
     assert parents[0].info.status == "FINISHED"
-    assert "best_val_acc" in parents[0].data.metrics
+    assert "best_trial_val_acc" in parents[0].data.metrics
     ids = {r.data.tags[tracking.TRIAL_TAG] for r in children}
     assert ids == {r.metrics["trial_id"] for r in result.result_grid}
     for run in children:
