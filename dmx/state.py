@@ -141,10 +141,16 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
     try:
         raw = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError and others for foreign content
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise CheckpointError(  # one line: it becomes an MLflow failure_reason tag
+        # One line (it becomes an MLflow failure_reason tag): the global the file tried to load,
+        # not torch's advice to retry with weights_only=False.
+        lines = [x.strip() for x in str(exc).splitlines() if x.strip()] or [type(exc).__name__]
+        named = [x for x in lines if x.startswith("Unsupported") or "GLOBAL" in x]
+        reason = named[0].split(" was not an allowed global")[0] if named else (
+            "not a weights-only torch file" if "weights_only" in lines[0] else lines[0])
+        raise CheckpointError(
             f"Checkpoint {path} holds content that is not a dmx TrainState and was refused "
-            f"(nothing from it was run): {first_line}"
+            f"(nothing from it was run): {reason.rstrip(".")}. Delete it; never load it with "
+            "weights_only=False."
         ) from exc
     if not isinstance(raw, dict) or "config" not in raw:
         raise CheckpointError(f"Checkpoint {path} is not a dmx TrainState.")
