@@ -149,7 +149,7 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
             "not a weights-only torch file" if "weights_only" in lines[0] else lines[0])
         raise CheckpointError(
             f"Checkpoint {path} holds content that is not a dmx TrainState and was refused "
-            f"(nothing from it was run): {reason.rstrip(".")}. Delete it; never load it with "
+            f"(nothing from it was run): {reason.rstrip('.')}. Delete it; never load it with "
             "weights_only=False."
         ) from exc
     if not isinstance(raw, dict) or "config" not in raw:
