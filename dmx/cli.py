@@ -1,4 +1,4 @@
-"""`dmx` command line: train, presets, models, config, label-issues."""
+"""`dmx` command line: train, sweep, presets, models, config, label-issues."""
 
 from __future__ import annotations
 
@@ -211,6 +211,12 @@ def make_parser() -> argparse.ArgumentParser:
     c.add_argument("--preset")
     c.add_argument("--docs", action="store_true", help="with each field's documentation")
     c.set_defaults(func=cmd_config)
+
+    from dmx import sweep_cli  # imports no Ray at module level
+
+    sw = sub.add_parser("sweep", help="hyperparameter sweep on Ray Tune (docs/sweeps.md)")
+    sweep_cli.add_arguments(sw)
+    sw.set_defaults(func=sweep_cli.run)
 
     try:
         from dmx import label_issues
