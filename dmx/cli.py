@@ -18,7 +18,9 @@ def _parse_sets(items: list[str]) -> dict[str, str]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r} must look like dotted.key=value (e.g. dividemix.T=0.5).")
+            raise ConfigError(
+                f"--set {item!r} must look like dotted.key=value (e.g. dividemix.T=0.5)."
+            )
         out[key.strip()] = value.strip()
     return out
 
@@ -65,14 +67,18 @@ class _ProgressBar:
     def __init__(self, total: int, initial: int) -> None:
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, initial=initial, unit="epoch", dynamic_ncols=True, file=sys.stderr)
+        self.bar = tqdm(
+            total=total, initial=initial, unit="epoch", dynamic_ncols=True, file=sys.stderr
+        )
         self.epoch = initial
 
     def batch(self, phase: str, index: int, total: int, info: dict[str, float]) -> None:
         if index % 5 and index + 1 != total:
             return
         loss = " ".join(f"{k} {v:.3f}" for k, v in info.items())
-        self.bar.set_description(f"epoch {self.epoch} {phase} {index + 1}/{total} {loss}", refresh=False)
+        self.bar.set_description(
+            f"epoch {self.epoch} {phase} {index + 1}/{total} {loss}", refresh=False
+        )
         self.bar.refresh()
 
     def epoch_end(self, epoch: int, m: dict[str, float]) -> None:
@@ -84,7 +90,9 @@ class _ProgressBar:
         if "auc_net1" in m and m["auc_net1"] == m["auc_net1"]:
             post["auc"] = f"{m['auc_net1']:.3f}"
         for key in sorted(k for k in m if k.startswith(("empty_", "skipped_"))):
-            self.bar.write(f"epoch {epoch}: {_EVENTS[key.rsplit('_', 1)[0]]} ({key.rsplit('_', 1)[1]})")
+            self.bar.write(
+                f"epoch {epoch}: {_EVENTS[key.rsplit('_', 1)[0]]} ({key.rsplit('_', 1)[1]})"
+            )
         self.bar.set_postfix(post, refresh=False)
         self.bar.update(1)
         self.epoch = epoch + 1
@@ -136,7 +144,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             r(epoch, m, s)
 
     try:
-        final = fit(cfg, report=report, state=state, run_dir=out, progress=bar.batch if bar else None)
+        final = fit(
+            cfg, report=report, state=state, run_dir=out, progress=bar.batch if bar else None
+        )
     except BaseException as exc:
         if tracker is not None:
             tracker.fail(exc)
@@ -147,7 +157,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if tracker is not None:
         tracker.finish(final)
     last = final.metrics_history[-1] if final.metrics_history else {}
-    summary = {k: last[k] for k in ("test_acc", "best_test_acc", "last10_test_acc", "val_acc") if k in last}
+    summary = {
+        k: last[k] for k in ("test_acc", "best_test_acc", "last10_test_acc", "val_acc") if k in last
+    }
     print(json.dumps({"run_dir": str(out.resolve()), "epochs": final.epoch, **summary}, indent=2))
     return 0
 
@@ -197,10 +209,17 @@ def make_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     t.add_argument("--out", help="run directory (default runs/PRESET-TIMESTAMP)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config field, e.g. --set dividemix.lambda_u=25 (repeatable)")
+    t.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set dividemix.lambda_u=25 (repeatable)",
+    )
     t.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
-    t.add_argument("--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)")
+    t.add_argument(
+        "--mlflow-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI or ./mlflow.db)"
+    )
     t.add_argument("--experiment", default="dmx-train", help="MLflow experiment name")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)

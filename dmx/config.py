@@ -184,7 +184,9 @@ class DivideMixConfig:
     """GaussianMixture reg_covar (reference: 5e-4)."""
 
     def __post_init__(self) -> None:
-        _check(self.warmup_epochs >= 0, "dividemix.warmup_epochs", self.warmup_epochs, "must be >= 0")
+        _check(
+            self.warmup_epochs >= 0, "dividemix.warmup_epochs", self.warmup_epochs, "must be >= 0"
+        )
         _check(
             self.lambda_u >= 0 and math.isfinite(self.lambda_u),
             "dividemix.lambda_u",
@@ -213,7 +215,9 @@ class DivideMixConfig:
         )
         _check(self.gmm_max_iter >= 1, "dividemix.gmm_max_iter", self.gmm_max_iter, "must be >= 1")
         _check(self.gmm_tol > 0, "dividemix.gmm_tol", self.gmm_tol, "must be > 0")
-        _check(self.gmm_reg_covar >= 0, "dividemix.gmm_reg_covar", self.gmm_reg_covar, "must be >= 0")
+        _check(
+            self.gmm_reg_covar >= 0, "dividemix.gmm_reg_covar", self.gmm_reg_covar, "must be >= 0"
+        )
 
 
 Precision = Literal["fp32", "bf16"]
@@ -246,13 +250,20 @@ class RunConfig:
             f"must be one of {typing.get_args(Precision)}",
         )
         _check(
-            self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")
+            self.device == "auto"
+            or self.device == "cpu"
+            or self.device.startswith("cuda")
             or self.device == "mps",
             "run.device",
             self.device,
             "must be auto, cpu, cuda, cuda:N or mps",
         )
-        _check(self.keep_checkpoints >= 1, "run.keep_checkpoints", self.keep_checkpoints, "must be >= 1")
+        _check(
+            self.keep_checkpoints >= 1,
+            "run.keep_checkpoints",
+            self.keep_checkpoints,
+            "must be >= 1",
+        )
 
 
 _SECTIONS = ("data", "noise", "model", "optim", "dividemix", "run")
@@ -305,9 +316,9 @@ class Config:
         kwargs: dict[str, Any] = {"preset": preset}
         for section in _SECTIONS:
             sub = getattr(self, section)
-            kwargs[section] = dataclasses.replace(sub, **per_section[section]) if per_section[
-                section
-            ] else sub
+            kwargs[section] = (
+                dataclasses.replace(sub, **per_section[section]) if per_section[section] else sub
+            )
         return Config(**kwargs)
 
     def to_json(self) -> str:

@@ -145,8 +145,11 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
         # not torch's advice to retry with weights_only=False.
         lines = [x.strip() for x in str(exc).splitlines() if x.strip()] or [type(exc).__name__]
         named = [x for x in lines if x.startswith("Unsupported") or "GLOBAL" in x]
-        reason = named[0].split(" was not an allowed global")[0] if named else (
-            "not a weights-only torch file" if "weights_only" in lines[0] else lines[0])
+        reason = (
+            named[0].split(" was not an allowed global")[0]
+            if named
+            else ("not a weights-only torch file" if "weights_only" in lines[0] else lines[0])
+        )
         raise CheckpointError(
             f"Checkpoint {path} holds content that is not a dmx TrainState and was refused "
             f"(nothing from it was run): {reason.rstrip('.')}. Delete it; never load it with "
@@ -175,7 +178,8 @@ def load_latest_checkpoint(
         return state
     if errors:
         raise CheckpointError(
-            f"No usable checkpoint in {directory}: " + " | ".join(errors)
+            f"No usable checkpoint in {directory}: "
+            + " | ".join(errors)
             + " Start a new run (without --resume) or restore the files from a backup."
         )
     return None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -182,7 +183,11 @@ def run(args: argparse.Namespace) -> int:
                 **_sweep_options(args),
             )
     except (ConfigError, dmx_tune.SearchSpaceError, dmx_tune.SweepError, TrackingError,
-            FileNotFoundError) as exc:
+            ValueError, OSError) as exc:
+        # Bad input on the driver (config, search space, dataset files, storage): one message
+        # with its fix, no traceback. DMX_DEBUG=1 shows the traceback.
+        if os.environ.get("DMX_DEBUG"):
+            raise
         print(f"dmx sweep: error: {exc}", file=sys.stderr)
         return 2
     print_result(result)

@@ -144,14 +144,18 @@ def prepare_data(cfg: Config) -> PreparedData:
     test_idx = np.arange(len(dataset.test_labels))
     if cfg.data.test_subset:
         test_idx = _stratified_subset(
-            dataset.test_labels.numpy(), cfg.data.test_subset, np.random.default_rng([cfg.data.split_seed, _TEST_STREAM])
+            dataset.test_labels.numpy(),
+            cfg.data.test_subset,
+            np.random.default_rng([cfg.data.split_seed, _TEST_STREAM]),
         )
     if len(train_idx) < 2:
         raise ValueError(
             f"Only {len(train_idx)} training samples remain after data.subset={cfg.data.subset} and "
             f"data.val_fraction={cfg.data.val_fraction}; use a larger subset or a smaller fraction."
         )
-    absent = set(range(dataset.num_classes)) - set(np.unique(noisy.noisy_labels[train_idx]).tolist())
+    absent = set(range(dataset.num_classes)) - set(
+        np.unique(noisy.noisy_labels[train_idx]).tolist()
+    )
     if absent:
         # Not fatal (e.g. a tiny subset of CIFAR-100): the nets keep all outputs, but say so.
         import warnings
@@ -288,7 +292,9 @@ def division_losses(
     return divide.normalize_losses(losses.cpu())
 
 
-def _append_history(history: torch.Tensor | None, losses: torch.Tensor, window: int) -> torch.Tensor:
+def _append_history(
+    history: torch.Tensor | None, losses: torch.Tensor, window: int
+) -> torch.Tensor:
     row = losses.reshape(1, -1).float()
     history = row if history is None else torch.cat([history, row])
     return history[-window:].clone()
@@ -376,7 +382,9 @@ def dividemix_epoch(
         )
         lam_u = dm.lambda_u * ramp
         penalty = (
-            mixmatch.uniform_prior_penalty(logits) if dm.prior_penalty else torch.zeros((), device=device)
+            mixmatch.uniform_prior_penalty(logits)
+            if dm.prior_penalty
+            else torch.zeros((), device=device)
         )
         _check_finite(epoch, net_name, {"Lx": lx, "Lu": lu, "penalty": penalty})
         loss = lx + lam_u * lu + penalty
@@ -388,7 +396,12 @@ def dividemix_epoch(
         sums["penalty"] += float(penalty.detach())
         images += len(all_inputs)
         if progress:
-            progress(f"train {net_name}", i, len(loader), {"Lx": float(lx.detach()), "Lu": float(lu.detach())})
+            progress(
+                f"train {net_name}",
+                i,
+                len(loader),
+                {"Lx": float(lx.detach()), "Lu": float(lu.detach())},
+            )
     out = {f"{k}_{net_name}": v / len(loader) for k, v in sums.items()}
     return {**out, "lambda_u_eff": lam_u, "_images": images}
 
@@ -413,7 +426,9 @@ def _rng_state(gen: torch.Generator, np_rng: np.random.Generator) -> dict[str, A
     return state
 
 
-def _set_rng_state(state: dict[str, Any], gen: torch.Generator, np_rng: np.random.Generator) -> None:
+def _set_rng_state(
+    state: dict[str, Any], gen: torch.Generator, np_rng: np.random.Generator
+) -> None:
     gen.set_state(state["loop"])
     torch.set_rng_state(state["torch"])
     np_rng.bit_generator.state = state["numpy"]
@@ -437,7 +452,13 @@ def _configure_determinism(cfg: Config) -> None:
 # --------------------------------------------------------------------------------------------
 # fit
 # --------------------------------------------------------------------------------------------
-_RESUME_MAY_CHANGE = {"run.epochs", "run.device", "run.keep_checkpoints", "data.root", "data.download"}
+_RESUME_MAY_CHANGE = {
+    "run.epochs",
+    "run.device",
+    "run.keep_checkpoints",
+    "data.root",
+    "data.download",
+}
 
 
 def _check_resume(cfg: Config, state: TrainState, noisy: NoisyLabels) -> None:
@@ -498,10 +519,16 @@ def fit(
         create_model(cfg.model.name, num_classes=data.dataset.num_classes, in_channels=in_ch)
         for _ in range(2)
     ]
-    nets = [n.to(device, memory_format=torch.channels_last) if cfg.run.channels_last else n.to(device) for n in nets]
+    nets = [
+        n.to(device, memory_format=torch.channels_last) if cfg.run.channels_last else n.to(device)
+        for n in nets
+    ]
     opts = [
         torch.optim.SGD(
-            n.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+            n.parameters(),
+            lr=cfg.optim.lr,
+            momentum=cfg.optim.momentum,
+            weight_decay=cfg.optim.weight_decay,
         )
         for n in nets
     ]
@@ -535,7 +562,15 @@ def fit(
             m["phase"] = 0
             for net, opt, name in zip(nets, opts, names):
                 out = warmup_epoch(
-                    net, opt, batches, cfg, epoch=epoch, net_name=name, gen=gen, device=device, progress=progress
+                    net,
+                    opt,
+                    batches,
+                    cfg,
+                    epoch=epoch,
+                    net_name=name,
+                    gen=gen,
+                    device=device,
+                    progress=progress,
                 )
                 images += out.pop("_images")
                 m.update(out)
@@ -545,7 +580,9 @@ def fit(
             histories = [state.loss_history1, state.loss_history2]
             probs, masks = [], []
             for k, net in enumerate(nets):
-                histories[k] = _append_history(histories[k], division_losses(net, batches, cfg, device), window)
+                histories[k] = _append_history(
+                    histories[k], division_losses(net, batches, cfg, device), window
+                )
                 gmm_input = divide.history_input(histories[k], window=window)
                 prob = divide.clean_probability(
                     gmm_input,
@@ -568,9 +605,19 @@ def fit(
             for k in (0, 1):
                 peer = 1 - k
                 out = dividemix_epoch(
-                    nets[k], nets[peer], opts[k], batches, cfg,
-                    labeled_mask=masks[peer], clean_prob=probs[peer], epoch=epoch, net_name=names[k],
-                    gen=gen, np_rng=np_rng, device=device, progress=progress,
+                    nets[k],
+                    nets[peer],
+                    opts[k],
+                    batches,
+                    cfg,
+                    labeled_mask=masks[peer],
+                    clean_prob=probs[peer],
+                    epoch=epoch,
+                    net_name=names[k],
+                    gen=gen,
+                    np_rng=np_rng,
+                    device=device,
+                    progress=progress,
                 )
                 images += out.pop("_images")
                 m.update(out)
@@ -605,7 +652,9 @@ def fit(
             report(epoch, m, state)
 
     if run_dir is not None:
-        write_sample_report(run_dir / "clean_probs.parquet", nets, batches, data, cfg, device, state)
+        write_sample_report(
+            run_dir / "clean_probs.parquet", nets, batches, data, cfg, device, state
+        )
     return state
 
 
@@ -652,9 +701,13 @@ def write_sample_report(
         )
         cols[f"clean_prob_net{k + 1}"] = np.asarray(prob, dtype=np.float64)
         cols[f"loss_net{k + 1}"] = losses.numpy().astype(np.float32)
-    probs = sum(
-        torch.softmax(predict_logits(n, batches.train_x, batches, cfg, device), dim=1) for n in nets
-    ) / 2  # (N, C)
+    probs = (
+        sum(
+            torch.softmax(predict_logits(n, batches.train_x, batches, cfg, device), dim=1)
+            for n in nets
+        )
+        / 2
+    )  # (N, C)
     probs = probs.cpu()
     cols["pred_label"] = probs.argmax(1).numpy().astype(np.int64)
     given = torch.from_numpy(cols["given_label"])

@@ -18,15 +18,25 @@ def test_presets_models_and_config(capsys):
     assert "preact_resnet18" in capsys.readouterr().out
     assert main(["config", "--preset", "cifar100-sym-0.9", "--docs"]) == 0
     out = capsys.readouterr().out
-    assert 'dividemix.p_threshold = 0.6' in out and "# Clean-probability threshold" in out
+    assert "dividemix.p_threshold = 0.6" in out and "# Clean-probability threshold" in out
 
 
 def _train(tmp_path, *extra):
     return main(
         [
-            "train", "--preset", "digits-sym-0.5", "--out", str(tmp_path / "run"), "--quiet",
-            "--set", "dividemix.warmup_epochs=1", "--set", f"noise.cache_dir={tmp_path / 'noise'}",
-            "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", *extra,
+            "train",
+            "--preset",
+            "digits-sym-0.5",
+            "--out",
+            str(tmp_path / "run"),
+            "--quiet",
+            "--set",
+            "dividemix.warmup_epochs=1",
+            "--set",
+            f"noise.cache_dir={tmp_path / 'noise'}",
+            "--mlflow-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            *extra,
         ]
     )
 
@@ -39,8 +49,22 @@ def test_train_then_resume_then_refuse_overwrite(tmp_path, capsys):
     assert (run / "clean_probs.parquet").exists() and (run / "metrics.jsonl").exists()
 
     # --resume continues the same run (same config from the checkpoint) to a later epoch.
-    assert main(["train", "--out", str(run), "--resume", "--epochs", "3", "--quiet",
-                 "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--out",
+                str(run),
+                "--resume",
+                "--epochs",
+                "3",
+                "--quiet",
+                "--mlflow-uri",
+                f"sqlite:///{tmp_path / 'mlflow.db'}",
+            ]
+        )
+        == 0
+    )
     state = load_latest_checkpoint(run / "checkpoints")
     assert state.epoch == 3 and state.config["preset"] == "digits-sym-0.5"
     assert [m["epoch"] for m in state.metrics_history] == [0, 1, 2]
@@ -81,7 +105,20 @@ def test_bad_settings_exit_2_with_the_reason(tmp_path, capsys, args, fragment):
 
 
 def test_unknown_model_is_a_clear_error(tmp_path, capsys):
-    code = main(["train", "--preset", "digits-sym-0.5", "--model", "nonexistent_net", "--epochs", "1",
-                 "--out", str(tmp_path / "r"), "--no-mlflow", "--quiet"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "digits-sym-0.5",
+            "--model",
+            "nonexistent_net",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "r"),
+            "--no-mlflow",
+            "--quiet",
+        ]
+    )
     assert code == 2
     assert "nonexistent_net" in capsys.readouterr().err

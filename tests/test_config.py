@@ -14,7 +14,13 @@ def test_defaults_are_the_reference_recipe():
     assert cfg.optim.lr_decay_epochs == (150,) and cfg.optim.lr_decay_factor == 0.1
     assert (cfg.optim.batch_size, cfg.optim.warmup_batch_size) == (64, 128)
     dm = cfg.dividemix
-    assert (dm.alpha, dm.T, dm.p_threshold, dm.warmup_epochs, dm.rampup_length) == (4, 0.5, 0.5, 10, 16)
+    assert (dm.alpha, dm.T, dm.p_threshold, dm.warmup_epochs, dm.rampup_length) == (
+        4,
+        0.5,
+        0.5,
+        10,
+        16,
+    )
     assert (dm.gmm_max_iter, dm.gmm_tol, dm.gmm_reg_covar) == (10, 1e-2, 5e-4)
     assert dm.co_guess_eval_mode is False and dm.prior_penalty is True
     assert cfg.run.epochs == 301 and cfg.run.precision == "fp32" and cfg.run.seed == 123
@@ -81,9 +87,15 @@ def test_every_field_is_documented():
 
 def test_presets_match_the_paper_appendix():
     expected_lambda = {
-        "cifar10-sym-0.2": 0, "cifar10-sym-0.5": 25, "cifar10-sym-0.8": 25, "cifar10-sym-0.9": 50,
-        "cifar10-asym-0.4": 0, "cifar100-sym-0.2": 25, "cifar100-sym-0.5": 150,
-        "cifar100-sym-0.8": 150, "cifar100-sym-0.9": 150,
+        "cifar10-sym-0.2": 0,
+        "cifar10-sym-0.5": 25,
+        "cifar10-sym-0.8": 25,
+        "cifar10-sym-0.9": 50,
+        "cifar10-asym-0.4": 0,
+        "cifar100-sym-0.2": 25,
+        "cifar100-sym-0.5": 150,
+        "cifar100-sym-0.8": 150,
+        "cifar100-sym-0.9": 150,
     }
     for name, lam in expected_lambda.items():
         cfg = get_preset(name)

@@ -24,7 +24,10 @@ def _state(epoch: int) -> TrainState:
         net1={"w": torch.randn(3, 3)},
         net2={"w": torch.randn(3, 3)},
         loss_history1=torch.rand(2, 10),
-        rng={"numpy": rng.bit_generator.state, "loop": torch.Generator().manual_seed(3).get_state()},
+        rng={
+            "numpy": rng.bit_generator.state,
+            "loop": torch.Generator().manual_seed(3).get_state(),
+        },
         metrics_history=[{"test_acc": 50.0 + epoch}],
         mlflow_run_id="abc",
     )

@@ -46,10 +46,24 @@ def test_fit_runs_both_phases_and_writes_the_run_dir(cifar10_root, tmp_path):
     assert warm["phase"] == 0 and "warmup_loss_net1" in warm and "labeled_net1" not in warm
     assert dm["phase"] == 1
     for key in (
-        "labeled_net1", "labeled_net2", "auc_net1", "precision_net2", "recall_net1",
-        "lx_net1", "lu_net2", "penalty_net1", "lambda_u_eff", "test_acc", "test_acc_net1",
-        "test_acc_net2", "val_acc", "best_test_acc", "last10_test_acc", "epoch_seconds",
-        "images_per_second", "lr",
+        "labeled_net1",
+        "labeled_net2",
+        "auc_net1",
+        "precision_net2",
+        "recall_net1",
+        "lx_net1",
+        "lu_net2",
+        "penalty_net1",
+        "lambda_u_eff",
+        "test_acc",
+        "test_acc_net1",
+        "test_acc_net2",
+        "val_acc",
+        "best_test_acc",
+        "last10_test_acc",
+        "epoch_seconds",
+        "images_per_second",
+        "lr",
     ):
         assert key in dm, key
     n_train = 600 - round(0.05 * 600)
@@ -156,7 +170,9 @@ def test_non_finite_loss_stops_with_the_epoch_and_keeps_the_checkpoint(
 def test_lr_schedule_is_the_reference_step():
     cfg = Config()
     assert learning_rate(cfg, 0) == 0.02 and learning_rate(cfg, 149) == 0.02
-    assert learning_rate(cfg, 150) == pytest.approx(0.002) and learning_rate(cfg, 300) == pytest.approx(0.002)
+    assert learning_rate(cfg, 150) == pytest.approx(0.002) and learning_rate(
+        cfg, 300
+    ) == pytest.approx(0.002)
 
 
 def test_missing_dataset_names_the_folder_and_the_fix(tmp_path):
@@ -190,8 +206,12 @@ def test_bf16_and_channels_last_run_on_cpu(cifar10_root):
     cfg = small_cfg(
         cifar10_root,
         **{
-            "run.epochs": 2, "run.precision": "bf16", "run.channels_last": True,
-            "data.subset": 96, "data.test_subset": 40, "optim.batch_size": 16,
+            "run.epochs": 2,
+            "run.precision": "bf16",
+            "run.channels_last": True,
+            "data.subset": 96,
+            "data.test_subset": 40,
+            "optim.batch_size": 16,
         },
     )
     state = fit(cfg)
