@@ -10,19 +10,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from sklearn.metrics import roc_auc_score
 
-ArrayLike = np.ndarray | torch.Tensor
-
-
-def _as_numpy(x: ArrayLike) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu()
-        if x.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
-            x = x.float()
-        return x.numpy()
-    return np.asarray(x)
+from dmx.divide import ArrayLike, _as_numpy  # one tensor/array conversion for the math modules
 
 
 def accuracy(logits_or_pred: ArrayLike, labels: ArrayLike) -> float:
