@@ -62,7 +62,7 @@ _EVENTS = {
 
 
 class _ProgressBar:
-    """One tqdm bar over epochs; its text shows the phase and batch, its postfix the last metrics."""
+    """One tqdm bar over epochs: its text shows the phase and batch, its postfix the metrics."""
 
     def __init__(self, total: int, initial: int) -> None:
         from tqdm.auto import tqdm

@@ -75,7 +75,7 @@ class NoiseConfig:
     seed: int = 0
     """Seed of the noise generator (separate from run.seed: the labels are data, not training)."""
     exclude_true_class: bool = False
-    """Deviation: symmetric noise draws from the C-1 other classes (the reference draws from all C)."""
+    """Deviation: symmetric noise draws from the C-1 other classes (the reference: from all C)."""
     human_file: str = ""
     """CIFAR-N file (e.g. CIFAR-10_human.pt) when mode=human."""
     human_key: str = ""
@@ -234,7 +234,7 @@ class RunConfig:
     precision: Precision = "fp32"
     """fp32 (exact, the default) or bf16 (autocast on CPU and CUDA; faster, not bit-exact)."""
     channels_last: bool = False
-    """Use channels_last memory format for model and inputs (faster convolutions on many devices)."""
+    """channels_last memory format for model and inputs (faster convolutions on many devices)."""
     deterministic: bool = True
     """Deterministic algorithms and cudnn.benchmark off: resume is bit-identical on CPU."""
     keep_checkpoints: int = 2

@@ -323,10 +323,7 @@ def load_clean_probs(source: str | Path, *, tracking_uri: str | None = None) -> 
     if path.is_dir():
         file = path / CLEAN_PROBS_FILE
         if not file.is_file():
-            raise FileNotFoundError(
-                f"{path} has no {CLEAN_PROBS_FILE}: it is written when `dmx train` finishes "
-                "(an interrupted run can be completed with `dmx train --resume --out RUN_DIR`)."
-            )
+            file = _clean_probs_from_checkpoint(path)
         return pd.read_parquet(file)
     if path.is_file():
         return pd.read_parquet(path)
@@ -336,6 +333,24 @@ def load_clean_probs(source: str | Path, *, tracking_uri: str | None = None) -> 
             f"{source} is neither a run directory, a parquet file, nor an MLflow run id."
         )
     return pd.read_parquet(_download_mlflow_artifact(run_id, CLEAN_PROBS_FILE, tracking_uri))
+
+
+def _clean_probs_from_checkpoint(path: Path) -> Path:
+    """A run or checkpoint folder without clean_probs.parquet (a run stopped before its end, a
+    sweep trial stopped early): compute the file from its newest checkpoint, next to it."""
+    from dmx.state import list_checkpoints
+
+    for folder in (path, path / "checkpoints"):
+        if list_checkpoints(folder):
+            from dmx.train import sample_report_from_checkpoint  # torch only on this path
+
+            print(f"{path} has no {CLEAN_PROBS_FILE}: computing it from the newest checkpoint in "
+                  f"{folder}", file=sys.stderr)
+            return sample_report_from_checkpoint(folder, path / CLEAN_PROBS_FILE)
+    raise FileNotFoundError(
+        f"{path} has neither {CLEAN_PROBS_FILE} nor a checkpoint to compute it from. Pass a "
+        "`dmx train` run directory, a sweep trial's checkpoint_* folder, or the parquet file."
+    )
 
 
 def _download_mlflow_artifact(run_id: str, artifact: str, tracking_uri: str | None) -> Path:
@@ -450,7 +465,11 @@ def add_cli(subparsers: Any) -> argparse.ArgumentParser:
             "With true labels known, print precision@K, recall and average precision."
         ),
     )
-    p.add_argument("source", help="run directory, clean_probs.parquet, or an MLflow run id")
+    p.add_argument(
+        "source",
+        help="run directory, clean_probs.parquet, an MLflow run id, or a checkpoint folder (e.g. "
+        "a sweep trial's checkpoint_*: clean_probs.parquet is computed from it first)",
+    )
     p.add_argument(
         "--top",
         type=int,
@@ -495,7 +514,7 @@ def run_cli(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             p_threshold=args.p_threshold,
         )
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # RuntimeError: CheckpointError
         print(f"dmx label-issues: {exc}", file=sys.stderr)
         return 2
     print(format_summary(summary, paths))

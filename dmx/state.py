@@ -129,8 +129,8 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
     sidecar = path.with_name(path.name + ".sha256")
     if not sidecar.exists():
         raise CheckpointError(
-            f"Checkpoint {path} has no checksum file {sidecar.name}: it was not written completely. "
-            "Delete it to resume from the previous checkpoint."
+            f"Checkpoint {path} has no checksum file {sidecar.name}: it was not written "
+            "completely. Delete it to resume from the previous checkpoint."
         )
     expected = sidecar.read_text().strip()
     if _sha256(data) != expected:

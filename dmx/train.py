@@ -150,8 +150,9 @@ def prepare_data(cfg: Config) -> PreparedData:
         )
     if len(train_idx) < 2:
         raise ValueError(
-            f"Only {len(train_idx)} training samples remain after data.subset={cfg.data.subset} and "
-            f"data.val_fraction={cfg.data.val_fraction}; use a larger subset or a smaller fraction."
+            f"Only {len(train_idx)} training samples remain after data.subset={cfg.data.subset} "
+            f"and data.val_fraction={cfg.data.val_fraction}; use a larger subset or a smaller "
+            "fraction."
         )
     absent = set(range(dataset.num_classes)) - set(
         np.unique(noisy.noisy_labels[train_idx]).tolist()
@@ -161,9 +162,9 @@ def prepare_data(cfg: Config) -> PreparedData:
         import warnings
 
         warnings.warn(
-            f"Classes {sorted(absent)[:10]}{'...' if len(absent) > 10 else ''} never occur among the "
-            "noisy training labels: the model cannot learn them from labels. Check the noise file "
-            "or use a larger data.subset.",
+            f"Classes {sorted(absent)[:10]}{'...' if len(absent) > 10 else ''} never occur among "
+            "the noisy training labels: the model cannot learn them from labels. Check the noise "
+            "file or use a larger data.subset.",
             stacklevel=2,
         )
     return PreparedData(dataset, noisy, train_idx, val_idx, test_idx)
@@ -475,7 +476,8 @@ def _check_resume(cfg: Config, state: TrainState, noisy: NoisyLabels) -> None:
     if state.noisy_labels_sha256 and state.noisy_labels_sha256 != noisy.sha256:
         raise ResumeMismatchError(
             f"The noisy labels changed since the checkpoint was written (file {noisy.path}). "
-            "Resuming would train on different labels; restore the original label file or start anew."
+            "Resuming would train on different labels; restore the original label file or "
+            "start anew."
         )
 
 
@@ -483,6 +485,18 @@ def _summary(history: list[dict[str, float]], current: dict[str, float]) -> dict
     accs = [h["test_acc"] for h in history] + [current["test_acc"]]
     s = metrics.summarize_accuracy(accs, last=10)
     return {"best_test_acc": s["best"], "last10_test_acc": s["last10"]}
+
+
+def _build_nets(cfg: Config, data: PreparedData, device: torch.device) -> list[nn.Module]:
+    in_ch = data.dataset.train_images.shape[1]
+    nets = [
+        create_model(cfg.model.name, num_classes=data.dataset.num_classes, in_channels=in_ch)
+        for _ in range(2)
+    ]
+    return [
+        n.to(device, memory_format=torch.channels_last) if cfg.run.channels_last else n.to(device)
+        for n in nets
+    ]
 
 
 def fit(
@@ -514,15 +528,7 @@ def fit(
 
     torch.manual_seed(cfg.run.seed)  # model init; everything later draws from gen / np_rng
     random.seed(cfg.run.seed)
-    in_ch = data.dataset.train_images.shape[1]
-    nets = [
-        create_model(cfg.model.name, num_classes=data.dataset.num_classes, in_channels=in_ch)
-        for _ in range(2)
-    ]
-    nets = [
-        n.to(device, memory_format=torch.channels_last) if cfg.run.channels_last else n.to(device)
-        for n in nets
-    ]
+    nets = _build_nets(cfg, data, device)
     opts = [
         torch.optim.SGD(
             n.parameters(),
@@ -718,6 +724,35 @@ def write_sample_report(
     os.replace(tmp, path)
 
 
+def sample_report_from_checkpoint(
+    checkpoint_dir: Path, path: Path | None = None, *, device: str | None = None
+) -> Path:
+    """Write clean_probs.parquet (as `fit` does at the end) for the newest checkpoint in
+    `checkpoint_dir`: for a run stopped before its last epoch, such as a sweep trial stopped
+    early by ASHA (Tune's `checkpoint_*` folder) or an interrupted `dmx train`. The checkpoint's
+    own config is used (its data folder must exist here); `device` overrides run.device.
+    Returns the path written (default: CHECKPOINT_DIR/clean_probs.parquet)."""
+    from dmx.state import load_latest_checkpoint
+
+    checkpoint_dir = Path(checkpoint_dir)
+    state = load_latest_checkpoint(checkpoint_dir)
+    if state is None:
+        raise FileNotFoundError(f"{checkpoint_dir} holds no dmx checkpoint (ckpt-*.pt).")
+    cfg = Config.from_flat(state.config)
+    if device:
+        cfg = cfg.with_overrides({"run.device": device})
+    cfg = cfg.with_overrides({"data.download": False})
+    dev = resolve_device(cfg.run.device)
+    data = prepare_data(cfg)
+    _check_resume(cfg, state, data.noisy)  # the same noisy labels as the checkpoint was trained on
+    nets = _build_nets(cfg, data, dev)
+    nets[0].load_state_dict(state.net1)
+    nets[1].load_state_dict(state.net2)
+    out = Path(path) if path is not None else checkpoint_dir / "clean_probs.parquet"
+    write_sample_report(out, nets, _Batches(cfg, data, dev), data, cfg, dev, state)
+    return out
+
+
 __all__ = [
     "NonFiniteLossError",
     "PreparedData",
@@ -730,5 +765,6 @@ __all__ = [
     "prepare_data",
     "prepare_noisy_labels",
     "resolve_device",
+    "sample_report_from_checkpoint",
     "warmup_epoch",
 ]

@@ -30,6 +30,7 @@ import shutil
 import socket
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -50,6 +51,7 @@ METRIC = "val_acc"  # noisy-validation accuracy: the objective. test_acc is logg
 MODE = "max"
 TIME_ATTR = "dm_epoch"  # DivideMix epochs completed (0 during warmup): ASHA's clock
 SPEC_FILE = "dmx_sweep.json"  # in the experiment folder: everything resume_sweep needs
+NONFINITE_FILE = "dmx_nonfinite.txt"  # in a trial's storage folder: its NaN, for its retries
 REDUCTION_FACTOR = 3  # ASHA keeps the top third at each rung
 
 # Paper practice (DESIGN §5): lambda_u 0..150 (appendix table), T around 0.5, p_threshold 0.5/0.6.
@@ -290,6 +292,54 @@ def _restore_state(checkpoint: tune.Checkpoint) -> Any:
     )
 
 
+def _trial_storage() -> tuple[pafs.FileSystem, str] | None:
+    """(file system, path) of this trial's folder on the sweep's storage (shared by every node)."""
+    try:
+        from ray.train._internal.session import get_session  # no public API for this
+
+        storage = get_session().storage
+        return storage.storage_filesystem, storage.trial_fs_path
+    except Exception:  # noqa: BLE001 - outside a Tune session: nothing to share
+        return None
+
+
+def _record_nonfinite(session: str, exc: BaseException) -> None:
+    """Remember a NaN/inf loss for this trial's retries in the same driver session."""
+    where = _trial_storage()
+    if where is None or not session:
+        return
+    fs, trial_path = where
+    try:
+        fs.create_dir(trial_path, recursive=True)
+        with fs.open_output_stream(f"{trial_path}/{NONFINITE_FILE}") as fh:
+            fh.write(f"{session}\n{exc}".encode())
+    except OSError:  # best effort: without the note, a retry just trains into the NaN again
+        pass
+
+
+def _fail_fast_if_nonfinite(session: str) -> None:
+    """A NaN/inf loss is deterministic: the retry Tune grants after it (FailureConfig) would
+    resume from the same checkpoint and hit it again. Fail such a retry at once with the original
+    message instead of re-training an epoch per retry. A new driver session (resume_sweep) tries
+    again: the user may have changed something."""
+    from dmx.train import NonFiniteLossError
+
+    where = _trial_storage()
+    if where is None or not session:
+        return
+    fs, trial_path = where
+    try:
+        with fs.open_input_stream(f"{trial_path}/{NONFINITE_FILE}") as fh:
+            owner, _, message = fh.read().decode(errors="replace").partition("\n")
+    except (OSError, FileNotFoundError):
+        return
+    if owner == session:
+        raise NonFiniteLossError(
+            f"{message} (not retried: this trial's previous attempt hit this non-finite loss, "
+            "and a retry from the same checkpoint would hit it again)"
+        )
+
+
 def train_trial(
     params: dict[str, Any], *, base_config: dict[str, Any], sweep: dict[str, Any]
 ) -> None:
@@ -299,7 +349,7 @@ def train_trial(
     import torch
 
     from dmx.state import save_checkpoint
-    from dmx.train import fit
+    from dmx.train import NonFiniteLossError, fit
 
     torch.set_num_threads(max(1, int(sweep.get("cpus_per_trial", 1))))
     ctx = tune.get_context()
@@ -319,6 +369,7 @@ def train_trial(
                 "(sha256 mismatch); every trial must train on the same noisy labels."
             )
 
+    _fail_fast_if_nonfinite(sweep.get("session", ""))
     checkpoint = tune.get_checkpoint()
     if trial_id not in sweep.get("fresh_trials", ()):  # restart_errored: from scratch on purpose
         checkpoint = _newest_checkpoint(checkpoint)
@@ -378,6 +429,8 @@ def train_trial(
     except Exception as exc:
         # Tune may retry the trial from its checkpoint; the driver marks the run FAILED only when
         # it gives up. Record why this attempt failed.
+        if isinstance(exc, NonFiniteLossError):
+            _record_nonfinite(sweep.get("session", ""), exc)
         if logger is not None:
             logger.set_tags({"dmx.last_error": f"{type(exc).__name__}: {exc}"[:5000]})
         raise
@@ -551,6 +604,7 @@ def _trainable(spec: SweepSpec, fresh_trials: Iterable[str] = ()) -> Any:
         "git_dirty": spec.git_dirty,
         "cpus_per_trial": spec.cpus_per_trial,
         "fresh_trials": sorted(fresh_trials),
+        "session": uuid.uuid4().hex,  # this driver session (see _fail_fast_if_nonfinite)
     }
     fn = tune.with_parameters(train_trial, base_config=spec.base_config, sweep=sweep)
     return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
@@ -733,17 +787,24 @@ def resume_sweep(
     return _finish(spec, tuner.fit())
 
 
+def best_result(results: Iterable[Any]) -> Any:
+    """The result with the highest last-reported `val_acc` among trials that did NOT fail (a
+    trial that errored after a good epoch is no candidate: its model diverged or crashed), or
+    None. Non-finite objectives are skipped. Tune's `get_best_result` counts errored trials."""
+    candidates = [
+        r for r in results
+        if r.error is None and r.metrics and math.isfinite(float(r.metrics.get(METRIC, math.nan)))
+    ]
+    return max(candidates, key=lambda r: float(r.metrics[METRIC]), default=None)
+
+
 def _finish(spec: SweepSpec, grid: Any) -> SweepResult:
     # The saved experiment state tells an interrupted sweep (Ctrl+C) from a finished one: Tune
     # marks running trials TERMINATED in memory when it stops, but saves them as unfinished.
     saved = tune.ExperimentAnalysis(spec.path).trials
     unfinished = [t.trial_id for t in saved if t.status not in ("TERMINATED", "ERROR")]
     interrupted = bool(unfinished) or len(saved) < spec.num_samples
-    best = None
-    try:
-        best = grid.get_best_result(metric=METRIC, mode=MODE, scope="last")
-    except RuntimeError:  # no trial reported the metric
-        best = None
+    best = best_result(grid)
     best_params: dict[str, Any] = {}
     best_metrics: dict[str, float] = {}
     best_id = best_ckpt = ""
@@ -786,6 +847,7 @@ __all__ = [
     "SweepResult",
     "SweepSpec",
     "TIME_ATTR",
+    "best_result",
     "build_search_space",
     "dm_epoch",
     "parse_dimension",

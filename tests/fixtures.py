@@ -10,6 +10,7 @@ epochs, even under random crops and flips.
 from __future__ import annotations
 
 import pickle
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,35 @@ def write_cifar_fixture(
     else:
         raise ValueError(f"dataset={dataset!r}: choose 'cifar10' or 'cifar100'.")
     return root
+
+
+def poisoned_model_source(*, nan_after: int) -> str:
+    """Source of a module with `make(num_classes, in_channels=3)`: a linear model whose outputs
+    turn NaN once it has run more than `nan_after` training forward passes. The count is a
+    buffer, so it is checkpointed and a resumed run hits the NaN again (as a real divergence
+    would). With NAN_BUILDS set, every net built appends a line to that file."""
+    return textwrap.dedent(
+        f"""
+        import os
+        import torch
+        from torch import nn
+
+        class Poisoned(nn.Module):
+            def __init__(self, num_classes, in_channels):
+                super().__init__()
+                if os.environ.get("NAN_BUILDS"):  # counts the nets built (training attempts)
+                    with open(os.environ["NAN_BUILDS"], "a") as fh:
+                        fh.write("built\\n")
+                self.fc = nn.Linear(in_channels, num_classes)
+                self.register_buffer("calls", torch.zeros(()))
+
+            def forward(self, x):
+                if self.training:
+                    self.calls += 1
+                out = self.fc(x.mean((2, 3)))
+                return out * float("nan") if self.calls > {nan_after} else out
+
+        def make(num_classes, in_channels=3):
+            return Poisoned(num_classes, in_channels)
+        """
+    )

@@ -25,7 +25,6 @@ import json
 import os
 import pickle
 import socket
-import textwrap
 import time
 from pathlib import Path
 
@@ -41,7 +40,7 @@ from dmx.presets import get_preset
 from dmx.state import list_checkpoints, load_latest_checkpoint
 from dmx.sweep_cli import main as sweep_main
 from dmx.train import fit, prepare_data
-from tests.fixtures import write_cifar_fixture
+from tests.fixtures import poisoned_model_source, write_cifar_fixture
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -180,27 +179,8 @@ def test_malicious_checkpoint_is_refused_by_dmx_train_resume(tmp_path, monkeypat
 
 
 # ---- inside a sweep: a NaN loss, then a tampered checkpoint on resume --------------------------
-POISONED = textwrap.dedent(
-    """
-    import torch
-    from torch import nn
-
-    class Poisoned(nn.Module):
-        # Finite during warmup epoch 0 (3 training batches of 64 per net), NaN in epoch 1.
-        def __init__(self, num_classes):
-            super().__init__()
-            self.fc = nn.Linear(3, num_classes)
-            self.register_buffer("calls", torch.zeros(()))
-        def forward(self, x):
-            if self.training:
-                self.calls += 1
-            out = self.fc(x.mean((2, 3)))
-            return out * float("nan") if self.calls > 4 else out
-
-    def make(num_classes):
-        return Poisoned(num_classes)
-    """
-)
+# Finite during warmup epoch 0 (3 training batches of 64 per net), NaN in epoch 1.
+POISONED = poisoned_model_source(nan_after=4)
 
 
 @pytest.fixture()
@@ -211,6 +191,7 @@ def ray_with_poisoned_model(tmp_path, monkeypatch):
     (tmp_path / "mods" / "nanmodels.py").write_text(POISONED)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(tmp_path / "mods"), str(REPO)]))
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
+    monkeypatch.setenv("NAN_BUILDS", str(tmp_path / "builds.txt"))
     ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
     try:
         yield
@@ -231,10 +212,15 @@ def test_nan_in_a_trial_fails_it_cleanly_and_a_tampered_checkpoint_is_refused_on
     })
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = dmx_tune.run_sweep(
-        cfg, name="nan", storage_path=tmp_path / "results", num_samples=1, max_failures=0,
+        cfg, name="nan", storage_path=tmp_path / "results", num_samples=1, max_failures=2,
         grace_period=100, mlflow_uri=uri, verbose=0,
     )
     assert result.num_errors == 1
+    # Tune granted two retries; each failed at once (the NaN is deterministic) without building
+    # or training the nets again: only the first attempt's two nets were ever built.
+    assert (tmp_path / "builds.txt").read_text().count("built") == 2
+    # The failed trial's epoch-0 result is no "best trial".
+    assert result.best_trial_id == "" and result.best_metrics == {}
 
     # The error names the epoch and the loss term; MLflow says FAILED with that reason.
     client = MlflowClient(uri)
@@ -272,13 +258,8 @@ def test_nan_in_a_trial_fails_it_cleanly_and_a_tampered_checkpoint_is_refused_on
 
 def test_nan_in_dmx_train_ends_its_mlflow_run_failed_with_the_reason(tmp_path, monkeypatch, capsys):
     (tmp_path / "mods").mkdir()
-    (tmp_path / "mods" / "nandigits.py").write_text(
-        POISONED.replace("nn.Linear(3, num_classes)", "nn.Linear(in_channels, num_classes)")
-        .replace("def make(num_classes):", "def make(num_classes, in_channels=3):")
-        .replace("self.calls > 4", "self.calls > 1")  # one warmup batch per net (below)
-        .replace("def __init__(self, num_classes):", "def __init__(self, num_classes, in_channels):")
-        .replace("return Poisoned(num_classes)", "return Poisoned(num_classes, in_channels)")
-    )
+    # NaN after one warmup batch per net (optim.warmup_batch_size=2000 below).
+    (tmp_path / "mods" / "nandigits.py").write_text(poisoned_model_source(nan_after=1))
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "run"

@@ -46,7 +46,8 @@ def cluster(tmp_path, monkeypatch):
 
     monkeypatch.setenv(PID_FILE_ENV, str(tmp_path / "pids.jsonl"))
     repo = str(Path(__file__).resolve().parents[1])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    paths = [repo, os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
     c = Cluster(
         initialize_head=True,
         connect=False,

@@ -32,7 +32,7 @@ from dmx.train import fit
 from tests.fixtures import write_cifar_fixture
 
 PID_FILE_ENV = "DMX_TEST_PID_FILE"
-EPOCHS = 6  # room after the second kill: on an idle machine an epoch of this fixture takes well under a second
+EPOCHS = 6  # room after the second kill (an idle machine runs an epoch of this fixture in < 1 s)
 TIMING = {"epoch_seconds", "images_per_second"}
 
 
@@ -159,7 +159,8 @@ def sweep_env(tmp_path, monkeypatch):
     monkeypatch.setenv(PID_FILE_ENV, str(pid_file))
     # Ray workers inherit this environment: they import the model factory from this repo.
     repo = str(Path(__file__).resolve().parents[1])
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [repo, os.environ.get("PYTHONPATH")])))
+    paths = [repo, os.environ.get("PYTHONPATH")]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, paths)))
     ray.init(num_cpus=1, include_dashboard=False, configure_logging=False)
     try:
         yield root, pid_file
@@ -205,7 +206,7 @@ def test_trial_killed_twice_resumes_from_its_last_checkpoint(tmp_path, sweep_env
     killed_after = []  # the last epoch the driver had recorded when each kill was sent
     # Kill 1: after the first checkpoint. Kill 2: after the restored attempt's first epoch.
     for n_attempt, since_restore in ((1, 1), (2, 1)):
-        wait_for(lambda: len(attempts(pid_file)) >= n_attempt, timeout=300,
+        wait_for(lambda n=n_attempt: len(attempts(pid_file)) >= n, timeout=300,
                  what=f"attempt {n_attempt}", alive=alive)
         def ready(n_attempt=n_attempt, since_restore=since_restore):
             rows = results(sweep_dir)

@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
+from dmx.cli import main as dmx_main
 from dmx.config import Config
 from dmx.presets import get_preset
 from dmx.state import list_checkpoints, load_latest_checkpoint
-from dmx.train import NonFiniteLossError, fit, learning_rate, prepare_data
+from dmx.train import (
+    NonFiniteLossError,
+    fit,
+    learning_rate,
+    prepare_data,
+    sample_report_from_checkpoint,
+)
+from tests.fixtures import poisoned_model_source
 
 TIMING = {"epoch_seconds", "images_per_second"}
 
@@ -84,6 +91,15 @@ def test_fit_runs_both_phases_and_writes_the_run_dir(cifar10_root, tmp_path):
         assert report[col].between(0, 1).all(), col
     assert set(report["index"]).isdisjoint(set(prepare_data(cfg).val_idx))
 
+    # The same file from the checkpoint alone (what a sweep trial stopped early by ASHA has), and
+    # `dmx label-issues` on a folder that holds only checkpoints computes it first.
+    again = sample_report_from_checkpoint(run_dir / "checkpoints", tmp_path / "again.parquet")
+    assert pq.read_table(again).to_pandas().equals(report)
+    (run_dir / "clean_probs.parquet").unlink()
+    assert dmx_main(["label-issues", str(run_dir), "--top", "5"]) == 0
+    assert pq.read_table(run_dir / "clean_probs.parquet").to_pandas().equals(report)
+    assert len(pq.read_table(run_dir / "label_issues.parquet")) == 5
+
 
 def _strip(history):
     return [{k: v for k, v in m.items() if k not in TIMING} for m in history]
@@ -135,29 +151,8 @@ def test_empty_split_does_not_crash(cifar10_root, threshold, empty):
 def test_non_finite_loss_stops_with_the_epoch_and_keeps_the_checkpoint(
     cifar10_root, tmp_path, monkeypatch
 ):
-    (tmp_path / "nanmodels.py").write_text(
-        textwrap.dedent(
-            """
-            import torch
-            from torch import nn
-
-            class Poisoned(nn.Module):
-                # Finite during warmup epoch 0, NaN once the second epoch starts.
-                def __init__(self, num_classes):
-                    super().__init__()
-                    self.fc = nn.Linear(3, num_classes)
-                    self.register_buffer("calls", torch.zeros(()))
-                def forward(self, x):
-                    if self.training:
-                        self.calls += 1
-                    out = self.fc(x.mean((2, 3)))
-                    return out * float("nan") if self.calls > 12 else out
-
-            def make(num_classes):
-                return Poisoned(num_classes)
-            """
-        )
-    )
+    # Finite during warmup epoch 0, NaN once the second epoch starts.
+    (tmp_path / "nanmodels.py").write_text(poisoned_model_source(nan_after=12))
     monkeypatch.syspath_prepend(str(tmp_path))
     cfg = small_cfg(cifar10_root, **{"model.name": "nanmodels:make", "run.epochs": 3})
     run_dir = tmp_path / "run"

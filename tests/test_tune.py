@@ -75,6 +75,20 @@ def test_asha_clock_starts_after_warmup():
     assert [dmx_tune.dm_epoch(e, 0) for e in range(2)] == [1, 2]
 
 
+def test_best_trial_skips_failed_and_non_finite_trials():
+    from types import SimpleNamespace as R
+
+    results = [
+        R(error=RuntimeError("NaN at epoch 1"), metrics={"val_acc": 90.0}),  # failed after epoch 0
+        R(error=None, metrics={"val_acc": float("nan")}),
+        R(error=None, metrics={"val_acc": 40.0, "trial_id": "a"}),
+        R(error=None, metrics={"val_acc": 55.0, "trial_id": "b"}),
+        R(error=None, metrics={}),  # never reported
+    ]
+    assert dmx_tune.best_result(results).metrics["trial_id"] == "b"
+    assert dmx_tune.best_result(results[:2]) is None
+
+
 # ---- a real sweep -----------------------------------------------------------------------------
 def tiny_config(root: Path):
     """cifar10-asym-0.4 at test scale: small CNN, 3 epochs of which 1 warmup, tiny batches."""
