@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dmx.data import ImageDataset
+from dmx.files import write_parquet_atomic
 from dmx.noise import asymmetric_noise, load_human_labels, noise_rate, symmetric_noise
 
 METADATA_KEY = b"dmx.noise"
@@ -74,33 +73,6 @@ def _rate_tag(rate: float) -> str:
     return f"{rate:g}"
 
 
-def _atomic_write_table(table: pa.Table, path: Path) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over `path`.
-
-    A crash leaves either the old file or none — never a truncated parquet that a later run
-    would read as garbage. The temp file is removed if writing fails.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pq.write_table(table, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable (POSIX); not possible on every platform
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-
-
 def write_noisy_labels(
     path: str | Path,
     *,
@@ -126,7 +98,7 @@ def write_noisy_labels(
             "noisy_label": pa.array(noisy_labels),
         }
     ).replace_schema_metadata({METADATA_KEY: json.dumps(meta, sort_keys=True).encode()})
-    _atomic_write_table(table, path)
+    write_parquet_atomic(table, path)
     return NoisyLabels(
         path=path,
         true_labels=true_labels,

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from dmx.files import atomic_write_bytes
 
 _CKPT_RE = re.compile(r"^ckpt-(\d{4,})\.pt$")
 FORMAT_VERSION = 1
@@ -68,30 +68,6 @@ def checkpoint_path(directory: Path, epoch: int) -> Path:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never part."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:  # pragma: no cover - some file systems refuse fsync on folders
-        pass
 
 
 def save_checkpoint(state: TrainState, directory: Path, *, keep: int = 2) -> Path:
@@ -188,7 +164,6 @@ def load_latest_checkpoint(
 __all__ = [
     "CheckpointError",
     "TrainState",
-    "atomic_write_bytes",
     "checkpoint_path",
     "list_checkpoints",
     "load_checkpoint",

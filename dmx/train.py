@@ -32,9 +32,10 @@ from dmx import divide, metrics, mixmatch
 from dmx.config import Config
 from dmx.data import ImageDataset, load_dataset
 from dmx.data.augment import normalize, random_crop_flip
+from dmx.files import atomic_write_bytes, write_parquet_atomic
 from dmx.labels import NoisyLabels, load_noisy_labels, make_or_load_noisy_labels
 from dmx.models import create_model
-from dmx.state import TrainState, atomic_write_bytes, save_checkpoint
+from dmx.state import TrainState, save_checkpoint
 
 Report = Callable[[int, dict[str, float], TrainState], None]
 Progress = Callable[[str, int, int, dict[str, float]], None]
@@ -685,7 +686,6 @@ def write_sample_report(
     own normalised losses, window as in training), so the file describes the model that was saved.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     seed = int(np.random.default_rng(cfg.run.seed + state.epoch).integers(2**31 - 1))
     cols: dict[str, Any] = {
@@ -718,10 +718,7 @@ def write_sample_report(
     cols["pred_label"] = probs.argmax(1).numpy().astype(np.int64)
     given = torch.from_numpy(cols["given_label"])
     cols["pred_prob_given"] = probs.gather(1, given[:, None]).squeeze(1).numpy().astype(np.float64)
-    table = pa.table(cols)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    write_parquet_atomic(pa.table(cols), path)
 
 
 def sample_report_from_checkpoint(
