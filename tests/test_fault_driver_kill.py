@@ -1,12 +1,12 @@
-"""The sweep driver SIGKILLed and resumed: what tests/test_sweep_resume.py does not already check.
+"""The sweep driver SIGKILLed (like a preempted head node) and resumed with `--resume`.
 
-test_sweep_resume.py proves (2 concurrent trials): every trial finishes, one MLflow run per trial,
-one value per step, FINISHED, restored trials start from epoch >= 1. This test adds, with trials
-run ONE AT A TIME so that most of them are suggested by the RESTORED searcher:
-- the Optuna searcher continues after the restore: no suggestion is repeated (the paper's
-  setting, evaluated first, is evaluated once), and the total is exactly num_samples;
+Two trials run at a time and the driver dies once a trial has checkpointed its first epoch, so
+most of the sweep's trials are suggested by the RESTORED searcher. After `--resume`:
+- exactly num_samples trials, all finished, no suggestion repeated (the paper's setting,
+  evaluated first, is evaluated once): the Optuna searcher continued;
 - every trial that had a checkpoint when the driver died resumes from exactly that checkpoint
-  (its first epoch after the restore is the checkpoint's epoch), none from epoch 0.
+  (its first epoch after the restore is the checkpoint's epoch), none from epoch 0, no epoch twice;
+- MLflow: one FINISHED parent, exactly one FINISHED run per trial, each step logged once.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -24,11 +26,47 @@ from mlflow import MlflowClient
 from dmx import tracking
 from dmx.state import load_latest_checkpoint
 from tests.fixtures import write_cifar_fixture
-from tests.test_sweep_resume import _driver, _kill_marked
 
 EPOCHS = 3
-SAMPLES = 3
+SAMPLES = 4
 SEARCHED = ("dividemix.lambda_u", "dividemix.T", "dividemix.p_threshold")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _driver(args: list[str], *, marker: str, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "DMX_TEST_MARKER": marker, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "sweeps" / "cifar_asym.py"), *args],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )
+
+
+def _marked_pids(marker: str) -> list[int]:
+    """Processes started by this test (the driver and the Ray processes it spawned): they carry
+    our marker in their environment."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if f"DMX_TEST_MARKER={marker}".encode() in (proc / "environ").read_bytes():
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _kill_marked(marker: str) -> None:
+    for _ in range(20):
+        pids = _marked_pids(marker)
+        if not pids:
+            return
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.5)
 
 
 def _rows(trial_dir: Path) -> list[dict]:
@@ -47,7 +85,7 @@ def test_killed_driver_resumes_the_searcher_and_each_trial_from_its_checkpoint(t
         "--data-dir", str(root), "--model", "small_cnn", "--epochs", str(EPOCHS),
         "--set", "dividemix.warmup_epochs=1", "--set", "optim.batch_size=32",
         "--set", "optim.warmup_batch_size=64", "--set", "run.device=cpu",
-        "--num-samples", str(SAMPLES), "--max-concurrent", "1", "--cpus-per-trial", "1",
+        "--num-samples", str(SAMPLES), "--max-concurrent", "2", "--cpus-per-trial", "1",
         "--grace-period", "10", "--seed", "3", *common,
     ]
     marker = uuid.uuid4().hex
@@ -78,6 +116,8 @@ def test_killed_driver_resumes_the_searcher_and_each_trial_from_its_checkpoint(t
     finally:
         _kill_marked(marker)
     total = time.perf_counter() - start
+    log = (tmp_path / "resume.log").read_text()
+    assert "best trial" in log and f"trials: {SAMPLES}, errored: 0" in log, log[-3000:]
 
     # Exactly num_samples trials, all finished, none with a repeated suggestion.
     trial_dirs = sorted(sweep_dir.glob("trial_*"))
@@ -103,18 +143,30 @@ def test_killed_driver_resumes_the_searcher_and_each_trial_from_its_checkpoint(t
         epochs = [e for e, _ in seen]
         assert len(epochs) == len(set(epochs)) and epochs[-1] == EPOCHS - 1, (name, seen)
 
-    # MLflow: one run per trial, FINISHED, restored runs tagged with their checkpoint epoch.
+    # Each trial's final checkpoint holds every epoch once.
+    for trial_dir in trial_dirs:
+        state = load_latest_checkpoint(sorted(trial_dir.glob("checkpoint_*"))[-1])
+        assert [int(h["epoch"]) for h in state.metrics_history] == list(range(EPOCHS))
+
+    # MLflow: one FINISHED parent; one FINISHED run per trial with every step once; restored runs
+    # tagged with their checkpoint epoch.
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("driver")
-    runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in client.search_runs([exp.experiment_id])
-            if r.data.tags.get(tracking.ROLE_TAG) == "trial"}
+    all_runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in all_runs if r.data.tags.get(tracking.ROLE_TAG) == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_runs = [r for r in all_runs if r.data.tags.get(tracking.ROLE_TAG) == "trial"]
+    runs = {r.data.tags[tracking.TRIAL_TAG]: r for r in trial_runs}
+    assert len(runs) == len(trial_runs)
     assert sorted(runs) == sorted(d.name.removeprefix("trial_") for d in trial_dirs)
-    for name, epochs_done in had.items():
-        run = runs[name.removeprefix("trial_")]
+    for run in trial_runs:
         assert run.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert sorted(steps) == list(range(EPOCHS)), (name, steps)
+        for key in ("val_acc", "test_acc", "phase", "epoch"):
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            assert sorted(steps) == list(range(EPOCHS)), (key, steps)
+    for name, epochs_done in had.items():
         if epochs_done < EPOCHS:
+            run = runs[name.removeprefix("trial_")]
             assert int(run.data.tags["dmx.restored_from_epoch"]) == epochs_done
     print(f"\ndriver kill: killed after {killed_at:.0f} s with {trials_before} trial(s) started, "
           f"checkpoints {had}; after --resume {SAMPLES} distinct trials, epochs re-run 0, "
