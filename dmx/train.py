@@ -221,7 +221,7 @@ def _index_batches(perm: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 
 def _check_finite(epoch: int, net_name: str, terms: dict[str, torch.Tensor]) -> None:
-    bad = {k: float(v) for k, v in terms.items() if not torch.isfinite(v).all()}
+    bad = {k: float(v.detach()) for k, v in terms.items() if not torch.isfinite(v).all()}
     if bad:
         raise NonFiniteLossError(
             f"Non-finite loss at epoch {epoch} while training {net_name}: "

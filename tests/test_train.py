@@ -106,7 +106,9 @@ def _strip(history):
 
 
 def test_resume_is_bit_identical(cifar10_root, tmp_path):
-    cfg = small_cfg(cifar10_root, **{"run.epochs": 4})
+    # Cut after warmup + one DivideMix epoch: the resumed epoch needs the loss history, both
+    # optimisers' momentum and every RNG stream of the checkpoint to come out identical.
+    cfg = small_cfg(cifar10_root, **{"run.epochs": 3})
     full = fit(cfg, run_dir=tmp_path / "full")
 
     fit(cfg.with_overrides({"run.epochs": 2}), run_dir=tmp_path / "cut")  # "killed" after epoch 2
@@ -114,7 +116,7 @@ def test_resume_is_bit_identical(cifar10_root, tmp_path):
     assert state.epoch == 2
     resumed = fit(cfg, state=state, run_dir=tmp_path / "cut")
 
-    assert resumed.epoch == full.epoch == 4
+    assert resumed.epoch == full.epoch == 3
     for name in ("net1", "net2"):
         a, b = getattr(full, name), getattr(resumed, name)
         assert a.keys() == b.keys()
@@ -123,7 +125,7 @@ def test_resume_is_bit_identical(cifar10_root, tmp_path):
     assert _strip(full.metrics_history) == _strip(resumed.metrics_history)
     assert torch.equal(full.clean_prob1, resumed.clean_prob1)
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2, 3]
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
 
 
 def test_resume_refuses_a_different_config(cifar10_root, tmp_path):
