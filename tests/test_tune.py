@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from dmx import tracking
 from dmx import tune as dmx_tune
+from dmx.cli import main as dmx_main
 from dmx.presets import get_preset
 from tests.fixtures import write_cifar_fixture
 
@@ -144,6 +146,10 @@ def test_sweep_end_to_end(tmp_path, local_ray):
         assert 1 <= len(ckpts) <= 2
         state = load_latest_checkpoint(ckpts[-1])
         assert state is not None and state.mlflow_run_id and state.epoch >= 2
+    # Any trial's checkpoint folder (e.g. one stopped by ASHA) gives the per-sample report.
+    assert dmx_main(["label-issues", str(ckpts[-1]), "--top", "3"]) == 0
+    report = pd.read_parquet(ckpts[-1] / "clean_probs.parquet")
+    assert len(report) == 300 - 15 and report["clean_prob_net1"].between(0, 1).all()
 
     # MLflow: one experiment, a parent run and three nested trial runs with per-epoch metrics.
     client = MlflowClient(uri)
