@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dmx.data import DATASETS, ImageDataset, load_dataset
-from dmx.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from dmx.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DownloadError
 from dmx.data.safe_pickle import CorruptPickleError, UnsafePickleError, load_pickle
 from dmx.noise import CIFAR10_TRANSITION, CIFAR100_FINE_TO_COARSE, cifar100_transition
 from tests.fixtures import write_cifar_fixture
@@ -147,3 +147,54 @@ def test_digits():
     assert sorted(ds.asym_transition.tolist()) == list(range(10))
     again = load_dataset("digits", "unused")  # the split is fixed
     assert torch.equal(again.test_labels, ds.test_labels)
+
+
+# ---- --download: the real torchvision path, served from this machine -------------------------
+@pytest.fixture()
+def cifar_server(tmp_path):
+    """An HTTP server on localhost serving cifar-10-python.tar.gz built from the fixture."""
+    import functools
+    import http.server
+    import tarfile
+    import threading
+
+    src = write_cifar_fixture(tmp_path / "src", n_train=20, n_test=10)
+    served = tmp_path / "served"
+    served.mkdir()
+    archive = served / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/{archive.name}", archive
+    finally:
+        server.shutdown()
+
+
+def test_download_fetches_and_extracts_with_torchvision(tmp_path, monkeypatch, cifar_server):
+    import hashlib
+
+    import torchvision.datasets as tvd
+
+    url, archive = cifar_server
+    monkeypatch.setattr(tvd.CIFAR10, "url", url)
+    monkeypatch.setattr(tvd.CIFAR10, "tgz_md5", hashlib.md5(archive.read_bytes()).hexdigest())
+    ds = load_dataset("cifar10", tmp_path / "data", download=True)
+    assert (tmp_path / "data" / "cifar-10-batches-py" / "test_batch").is_file()
+    assert ds.train_images.shape == (20, 3, 32, 32) and len(ds.test_labels) == 10
+
+
+def test_failed_download_names_the_url_and_the_offline_fix(tmp_path, monkeypatch):
+    import socket
+
+    import torchvision.datasets as tvd
+
+    with socket.socket() as s:  # a local port nobody listens on: refused at once
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setattr(tvd.CIFAR10, "url", f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
+    with pytest.raises(DownloadError, match=r"Could not download CIFAR-10 from http://127\.0\.0\.1"
+                       r".*extract it so that .*cifar-10-batches-py.*without --download"):
+        load_dataset("cifar10", tmp_path / "data", download=True)

@@ -62,6 +62,10 @@ class DatasetFormatError(ValueError):
     """A dataset file has the wrong keys, shapes or lengths."""
 
 
+class DownloadError(RuntimeError):
+    """The dataset is missing and could not be downloaded (no internet, proxy, server down)."""
+
+
 def _resolve_folder(root: str | Path, folder: str, *, download: bool, dataset: str) -> Path:
     """Find `folder` as ROOT/folder or ROOT itself; download into ROOT if asked and missing."""
     root = Path(root).expanduser()
@@ -74,7 +78,18 @@ def _resolve_folder(root: str | Path, folder: str, *, download: bool, dataset: s
 
         cls = tvd.CIFAR10 if folder == CIFAR10_FOLDER else tvd.CIFAR100
         root.mkdir(parents=True, exist_ok=True)
-        cls(str(root), train=True, download=True)  # downloads + extracts to ROOT/folder
+        try:
+            cls(str(root), train=True, download=True)  # downloads + extracts to ROOT/folder
+        except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
+            if (root / folder / marker).is_file():
+                # Extracted, but torchvision's per-file md5 check failed: the files are read and
+                # validated below (shapes, lengths, safe unpickling) like any local copy.
+                return root / folder
+            raise DownloadError(
+                f"Could not download {dataset} from {cls.url} into {root}: {exc}. Without "
+                f"internet access, fetch {cls.filename} elsewhere, extract it so that "
+                f"{root / folder}/ exists, and run again without --download."
+            ) from exc
         if (root / folder / marker).is_file():
             return root / folder
     raise FileNotFoundError(
