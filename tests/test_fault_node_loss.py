@@ -24,6 +24,7 @@ from tests.test_fault_trial_kill import (
     attempts,
     current_attempt,
     fault_config,
+    finished_sweep,
     restarts,
     results,
     run_in_thread,
@@ -89,12 +90,7 @@ def test_trial_survives_the_loss_of_its_node(tmp_path, cluster):
     removed_at = time.perf_counter()
     cluster.add_node(num_cpus=1)  # a fresh replacement node
 
-    thread.join(timeout=600)
-    assert not thread.is_alive(), "the sweep did not finish"
-    if "error" in out:
-        raise out["error"]
-    result = out["result"]
-    assert result.num_errors == 0 and not result.interrupted
+    finished_sweep(thread, out)
 
     runs = attempts(pid_file)
     assert len(runs) == 2, runs

@@ -182,6 +182,17 @@ def run_in_thread(fn) -> tuple[threading.Thread, dict]:
     return thread, out
 
 
+def finished_sweep(thread: threading.Thread, out: dict):
+    """Wait for the sweep started by `run_in_thread`; its result, which must have no errors."""
+    thread.join(timeout=600)
+    assert not thread.is_alive(), "the sweep did not finish"
+    if "error" in out:
+        raise out["error"]
+    result = out["result"]
+    assert result.num_errors == 0 and not result.interrupted
+    return result
+
+
 def _sweep(tmp_path: Path, root: Path, name: str, max_failures: int):
     return dmx_tune.run_sweep(
         fault_config(root), name=name, storage_path=tmp_path / "results", num_samples=1,
@@ -218,13 +229,9 @@ def test_trial_killed_twice_resumes_from_its_last_checkpoint(tmp_path, sweep_env
         time.sleep(0.05)  # into the next epoch (it starts right after the report): a mid-epoch kill
         killed_after.append(int(results(sweep_dir)[-1]["epoch"]))
         _kill(attempts(pid_file)[-1]["pid"])
-    thread.join(timeout=600)
-    assert not thread.is_alive(), "the sweep did not finish"
+    result = finished_sweep(thread, out)
     elapsed = time.perf_counter() - start
-    if "error" in out:
-        raise out["error"]
-    result = out["result"]
-    assert result.num_errors == 0 and not result.interrupted and result.best_params
+    assert result.best_params
 
     # Three attempts (two retries), each restored attempt started right after the last epoch the
     # driver had checkpointed before the kill: epochs before the checkpoint were not re-run.
@@ -277,12 +284,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, swee
         corrupted_epoch = int(last["epoch"])
     finally:
         _kill(pid)
-    thread.join(timeout=600)
-    assert not thread.is_alive(), "the sweep did not finish"
-    if "error" in out:
-        raise out["error"]
-    result = out["result"]
-    assert result.num_errors == 0 and not result.interrupted
+    finished_sweep(thread, out)
 
     # One retry, resumed from the checkpoint BEFORE the truncated one: exactly that epoch re-ran.
     assert len(attempts(pid_file)) == 2
