@@ -370,6 +370,22 @@ def end_trial_run(tracking_uri: str, experiment_id: str, trial_id: str, status: 
     return True
 
 
+def log_trial_artifact(tracking_uri: str, experiment_id: str, trial_id: str, path: str | Path, *,
+                       tags: Mapping[str, str] | None = None) -> bool:
+    """Upload a file to the run of `trial_id` without changing the run's status (it has usually
+    ended already; a RunLogger would reopen it); False when the trial has no run."""
+    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    key_tags = {ROLE_TAG: "trial", TRIAL_TAG: trial_id}
+    run_id = _retry(lambda: find_run(client, experiment_id, key_tags))
+    if run_id is None:
+        return False
+    batch = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+    if batch:
+        _retry(lambda: client.log_batch(run_id, tags=batch))
+    _retry(lambda: client.log_artifact(run_id, str(path)))
+    return True
+
+
 def log_run_dir_artifacts(logger: RunLogger, run_dir: str | Path) -> list[str]:
     """Log the run directory's config.json, noisy_labels.parquet and clean_probs.parquet (those
     that exist); returns the names logged."""

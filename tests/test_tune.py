@@ -172,11 +172,49 @@ def test_sweep_end_to_end(tmp_path, local_ray):
         assert float(run.data.params["run.epochs"]) == 3
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "noisy_labels.parquet"} <= artifacts
-        if len(steps) == 3:  # trained to the end: the per-sample clean probabilities too
-            assert "clean_probs.parquet" in artifacts
-            assert run.data.tags["dmx.stopped_early"] == "false"
+        # Every trial has its per-sample report: logged by the trial at its end, or, when ASHA
+        # stopped it, computed by the driver from its last checkpoint.
+        assert "clean_probs.parquet" in artifacts
+        stopped = run.data.tags["dmx.stopped_early"] == "true"
+        assert stopped == (len(steps) < 3) == ("dmx.clean_probs_from" in run.data.tags)
     # Every trial trained on the one noisy-label file made by the driver.
     assert len({r.data.params["noise.label_file"] for r in children}) == 1
+
+
+@pytest.mark.slow
+def test_a_trial_stopped_early_gets_its_per_sample_report_from_its_checkpoint(tmp_path, local_ray):
+    """ASHA ends a trial's process at a report, so the trial never writes clean_probs.parquet:
+    the driver's callback computes it from the trial's last checkpoint in a Ray task."""
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from dmx.train import fit
+
+    root = write_cifar_fixture(tmp_path / "data", n_train=300, n_test=100)
+    cfg = tiny_config(root).with_overrides({"run.epochs": 2})  # "stopped" after 2 of 3 epochs
+    fit(cfg, run_dir=tmp_path / "run")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    parent = tracking.start_sweep_run(uri, "stopped", sweep_name="stopped",
+                                      base_config=cfg.to_flat())
+    run = tracking.start_trial_run(uri, parent.experiment_id, trial_id="t1",
+                                   parent_run_id=parent.run_id, flat_config=cfg.to_flat())
+    trial = SimpleNamespace(
+        trial_id="t1", last_result={"epoch": 1},
+        checkpoint=tune.Checkpoint.from_directory(str(tmp_path / "run" / "checkpoints")),
+    )
+    callback = dmx_tune.MlflowStatusCallback(uri, parent.experiment_id, epochs=3)
+    callback.on_trial_complete(0, [], trial)
+    callback.on_experiment_end([])
+
+    client = MlflowClient(uri)
+    info = client.get_run(run.run_id)
+    assert info.info.status == "FINISHED" and info.data.tags["dmx.stopped_early"] == "true"
+    assert info.data.tags["dmx.clean_probs_from"] == "last checkpoint (checkpoints)"
+    local = client.download_artifacts(run.run_id, "clean_probs.parquet", str(tmp_path / "dl"))
+    # The very file fit wrote for the same final state.
+    expected = pd.read_parquet(tmp_path / "run" / "clean_probs.parquet")
+    assert pd.read_parquet(local).equals(expected)
 
 
 # ---- the sweep command line -------------------------------------------------------------------
