@@ -81,15 +81,14 @@ def _resolve_folder(root: str | Path, folder: str, *, download: bool, dataset: s
         try:
             cls(str(root), train=True, download=True)  # downloads + extracts to ROOT/folder
         except (OSError, RuntimeError, ValueError) as exc:  # URLError is an OSError
-            if (root / folder / marker).is_file():
-                # Extracted, but torchvision's per-file md5 check failed: the files are read and
-                # validated below (shapes, lengths, safe unpickling) like any local copy.
-                return root / folder
-            raise DownloadError(
-                f"Could not download {dataset} from {cls.url} into {root}: {exc}. Without "
-                f"internet access, fetch {cls.filename} elsewhere, extract it so that "
-                f"{root / folder}/ exists, and run again without --download."
-            ) from exc
+            # Extracted but failing torchvision's per-file md5 check is fine: the files are read
+            # and validated below (shapes, lengths, safe unpickling) like any local copy.
+            if not (root / folder / marker).is_file():
+                raise DownloadError(
+                    f"Could not download {dataset} from {cls.url} into {root}: {exc}. Without "
+                    f"internet access, fetch {cls.filename} elsewhere, extract it so that "
+                    f"{root / folder}/ exists, and run again without --download."
+                ) from exc
         if (root / folder / marker).is_file():
             return root / folder
     raise FileNotFoundError(
