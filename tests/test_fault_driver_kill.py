@@ -1,7 +1,7 @@
 """The sweep driver SIGKILLed (like a preempted head node) and resumed with `--resume`.
 
 Two trials run at a time and the driver dies once a trial has checkpointed its first epoch, so
-most of the sweep's trials are suggested by the RESTORED searcher. After `--resume`:
+the third trial is suggested by the RESTORED searcher. After `--resume`:
 - exactly num_samples trials, all finished, no suggestion repeated (the paper's setting,
   evaluated first, is evaluated once): the Optuna searcher continued;
 - every trial that had a checkpoint when the driver died resumes from exactly that checkpoint
@@ -28,7 +28,7 @@ from dmx.state import load_latest_checkpoint
 from tests.fixtures import write_cifar_fixture
 
 EPOCHS = 3
-SAMPLES = 4
+SAMPLES = 3
 SEARCHED = ("dividemix.lambda_u", "dividemix.T", "dividemix.p_threshold")
 REPO = Path(__file__).resolve().parents[1]
 
