@@ -353,14 +353,16 @@ def start_trial_run(
     return logger
 
 
+def _find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> str | None:
+    return _retry(lambda: find_run(client, experiment_id, {ROLE_TAG: "trial", TRIAL_TAG: trial_id}))
+
+
 def end_trial_run(tracking_uri: str, experiment_id: str, trial_id: str, status: str, *,
                   reason: str = "", tags: Mapping[str, str] | None = None) -> bool:
     """End the run of `trial_id` (used by the sweep driver when Tune completes, stops or gives up
     on a trial). Returns False when the trial never opened a run."""
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
-    key_tags = {ROLE_TAG: "trial", TRIAL_TAG: trial_id}
-    run_id = _retry(lambda: find_run(client, experiment_id, key_tags))
+    run_id = _find_trial_run(MlflowClient(uri), experiment_id, trial_id)
     if run_id is None:
         return False
     logger = RunLogger(uri, run_id)
@@ -375,8 +377,7 @@ def log_trial_artifact(tracking_uri: str, experiment_id: str, trial_id: str, pat
     """Upload a file to the run of `trial_id` without changing the run's status (it has usually
     ended already; a RunLogger would reopen it); False when the trial has no run."""
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    key_tags = {ROLE_TAG: "trial", TRIAL_TAG: trial_id}
-    run_id = _retry(lambda: find_run(client, experiment_id, key_tags))
+    run_id = _find_trial_run(client, experiment_id, trial_id)
     if run_id is None:
         return False
     batch = [RunTag(k, str(v)) for k, v in (tags or {}).items()]

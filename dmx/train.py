@@ -735,10 +735,9 @@ def sample_report_from_checkpoint(
     state = load_latest_checkpoint(checkpoint_dir)
     if state is None:
         raise FileNotFoundError(f"{checkpoint_dir} holds no dmx checkpoint (ckpt-*.pt).")
-    cfg = Config.from_flat(state.config)
-    if device:
-        cfg = cfg.with_overrides({"run.device": device})
-    cfg = cfg.with_overrides({"data.download": False})
+    cfg = Config.from_flat(state.config).with_overrides(
+        {"data.download": False, **({"run.device": device} if device else {})}
+    )
     dev = resolve_device(cfg.run.device)
     data = prepare_data(cfg)
     _check_resume(cfg, state, data.noisy)  # the same noisy labels as the checkpoint was trained on

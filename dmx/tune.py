@@ -221,6 +221,17 @@ def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
     return [tune.Checkpoint(p, filesystem=fs) for p in reversed(older)]
 
 
+def _trial_storage() -> tuple[pafs.FileSystem, str] | None:
+    """(file system, path) of this trial's folder on the sweep's storage (shared by every node)."""
+    try:
+        from ray.train._internal.session import get_session  # no public API for this
+
+        storage = get_session().storage
+        return storage.storage_filesystem, storage.trial_fs_path
+    except Exception:  # noqa: BLE001 - outside a Tune session: nothing to share
+        return None
+
+
 def _newest_checkpoint(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | None:
     """The trial's newest `checkpoint_*` folder that holds a dmx checkpoint, when it is newer than
     the one Tune restores from. Tune saves its experiment state every ~10 s, so a driver killed
@@ -231,10 +242,10 @@ def _newest_checkpoint(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | 
             fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
             trial_path, _, current = path.rpartition("/")
         else:
-            from ray.train._internal.session import get_session  # no public API for this
-
-            storage = get_session().storage
-            fs, trial_path, current = storage.storage_filesystem, storage.trial_fs_path, ""
+            where = _trial_storage()
+            if where is None:
+                return checkpoint
+            (fs, trial_path), current = where, ""
         infos = fs.get_file_info(pafs.FileSelector(trial_path))
     except Exception:  # noqa: BLE001 - keep Tune's choice when the folder cannot be listed
         return checkpoint
@@ -292,17 +303,6 @@ def _restore_state(checkpoint: tune.Checkpoint) -> Any:
     )
 
 
-def _trial_storage() -> tuple[pafs.FileSystem, str] | None:
-    """(file system, path) of this trial's folder on the sweep's storage (shared by every node)."""
-    try:
-        from ray.train._internal.session import get_session  # no public API for this
-
-        storage = get_session().storage
-        return storage.storage_filesystem, storage.trial_fs_path
-    except Exception:  # noqa: BLE001 - outside a Tune session: nothing to share
-        return None
-
-
 def _record_nonfinite(session: str, exc: BaseException) -> None:
     """Remember a NaN/inf loss for this trial's retries in the same driver session."""
     where = _trial_storage()
@@ -331,7 +331,7 @@ def _fail_fast_if_nonfinite(session: str) -> None:
     try:
         with fs.open_input_stream(f"{trial_path}/{NONFINITE_FILE}") as fh:
             owner, _, message = fh.read().decode(errors="replace").partition("\n")
-    except (OSError, FileNotFoundError):
+    except OSError:  # no note (FileNotFoundError) or unreadable: train as usual
         return
     if owner == session:
         raise NonFiniteLossError(
