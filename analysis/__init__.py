@@ -7,6 +7,6 @@
   quality, per-sample loss histogram with its GMM).
 - `analysis.report`: CLI, one self-contained HTML page.
 
-Run the CLIs from the repository root: `python analysis/compare.py --experiment NAME` (or
-`python -m analysis.compare ...`).
+Run the CLIs as modules from the repository root: `python -m analysis.compare --experiment NAME`,
+`python -m analysis.plots ...`, `python -m analysis.report ...`.
 """

@@ -1,6 +1,6 @@
 """Compare the trials of a sweep: which setting to use, and can the objective be trusted?
 
-    python analysis/compare.py --experiment NAME [--tracking-uri URI] [--out DIR]
+    python -m analysis.compare --experiment NAME [--tracking-uri URI] [--out DIR]
                                [--group-by PARAM ...] [--rank-by COLUMN]
 
 Prints the trials ranked by the sweep objective (noisy-validation accuracy at the last epoch) as
@@ -18,12 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python analysis/compare.py`: make `analysis` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from analysis.runs import (  # noqa: E402
+from analysis.runs import (
     OBJECTIVE,
     Sweep,
     best_setting,
@@ -69,7 +66,7 @@ GROUP_METRICS = ("val_acc_final", "test_acc_final", "test_acc_last10", "auc_fina
 
 @dataclass
 class Comparison:
-    """Everything `compare.py` prints and writes."""
+    """Everything `python -m analysis.compare` prints and writes."""
 
     sweep: Sweep
     ranked: pd.DataFrame
@@ -286,7 +283,7 @@ def load_from_args(args: argparse.Namespace) -> Sweep:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python analysis/compare.py",
+        prog="python -m analysis.compare",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -3,16 +3,17 @@ importances, the division's quality per epoch, and the per-sample loss histogram
 
 Every plotting function takes tables (from `analysis.runs`) or arrays and returns a matplotlib
 `Figure` built without pyplot (no global state, no display needed); `save_figure` writes it.
-`make_sweep_plots` draws them all for a `Sweep`, `log_plots_to_mlflow` uploads them under
-`plots/` of a run.
+`make_sweep_plots` draws them all for a `Sweep`, `log_plots_to_mlflow` uploads them (through
+`dmx.tracking`) under `plots/` of the sweep's run.
 
-    python analysis/plots.py --experiment NAME --out DIR [--trial ID] [--log-to-mlflow]
-    python analysis/plots.py --run-dir RUN_DIR --out DIR [--epoch E]   # loss histogram only
+    python -m analysis.plots --experiment NAME --out DIR [--trial ID] [--log-to-mlflow]
+    python -m analysis.plots --run-dir RUN_DIR --out DIR      # loss histogram only
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import warnings
@@ -24,10 +25,10 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-if __package__ in (None, ""):  # run as `python analysis/plots.py`: make `analysis` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from analysis.runs import OBJECTIVE, Sweep  # noqa: E402
+from analysis.runs import OBJECTIVE, Sweep
+from dmx import tracking
+from dmx.divide import GMMFit, fit_gmm
+from dmx.reporting import CLEAN_PROBS_FILE, CONFIG_FILE
 
 DPI = 110
 MAX_LEGEND = 12  # more trials than this: no per-trial legend, lines coloured by objective rank
@@ -315,43 +316,23 @@ def division_curves(history: pd.DataFrame, trials: pd.DataFrame, params: Sequenc
 
 
 # ---- per-sample loss histogram with the GMM --------------------------------------------------
-def fit_loss_gmm(
-    losses: Any, *, seed: int = 0, max_iter: int = 10, tol: float = 1e-2, reg_covar: float = 5e-4
-) -> dict[str, np.ndarray]:
-    """The 2-component GMM of the division (same settings as `dmx.divide.clean_probability`),
-    as {"means", "stds", "weights"} with the clean (lower-mean) component first."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import GaussianMixture
-
-    x = np.asarray(losses, dtype=np.float64).reshape(-1, 1)  # (N, 1)
-    gmm = GaussianMixture(
-        n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=ConvergenceWarning)
-        gmm.fit(x)
-    order = np.argsort(gmm.means_.ravel())
-    return {
-        "means": gmm.means_.ravel()[order],
-        "stds": np.sqrt(gmm.covariances_.reshape(-1))[order],
-        "weights": gmm.weights_[order],
-    }
-
-
 def _normal_pdf(x: np.ndarray, mean: float, std: float) -> np.ndarray:
     return np.exp(-0.5 * ((x - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
 
 
-def gmm_threshold(gmm: dict[str, np.ndarray], p_threshold: float) -> float | None:
+def gmm_threshold(gmm: GMMFit, p_threshold: float) -> float | None:
     """The smallest loss in [0, 1] at which the clean posterior drops to `p_threshold` (the
-    division boundary in loss units), or None when it never crosses there."""
+    division boundary in loss units), or None when it never crosses there (or the fit is the
+    point mass of degenerate input: no boundary)."""
+    if not np.all(gmm.stds > 0):
+        return None
     grid = np.linspace(0.0, 1.0, 4001)
     dens = [
         w * _normal_pdf(grid, m, s)
-        for m, s, w in zip(gmm["means"], gmm["stds"], gmm["weights"], strict=True)
+        for m, s, w in zip(gmm.means, gmm.stds, gmm.weights, strict=True)
     ]
     post = dens[0] / np.maximum(dens[0] + dens[1], 1e-300)
-    below = np.flatnonzero((post <= p_threshold) & (grid >= gmm["means"][0]))
+    below = np.flatnonzero((post <= p_threshold) & (grid >= gmm.means[0]))
     return float(grid[below[0]]) if below.size else None
 
 
@@ -390,12 +371,14 @@ def loss_histogram(
         ax.hist(
             x, bins=bins, density=True, alpha=0.6, color="tab:gray", label=f"samples ({x.size})"
         )
-    gmm = fit_loss_gmm(x, seed=seed)
+    gmm = fit_gmm(x, seed=seed)  # the division's own GMM (same settings as training)
     grid = np.linspace(bins[0], bins[-1], 400)
     for k, (name, color) in enumerate(
         (("clean component", "darkgreen"), ("noisy component", "darkred"))
     ):
-        m, s, w = gmm["means"][k], gmm["stds"][k], gmm["weights"][k]
+        m, s, w = gmm.means[k], gmm.stds[k], gmm.weights[k]
+        if not s > 0:  # degenerate input: a point mass, no curve to draw
+            continue
         ax.plot(
             grid,
             w * _normal_pdf(grid, m, s),
@@ -448,27 +431,11 @@ def loss_histograms_from_frame(
     return fig
 
 
-def load_sample_losses(source: str | Path, *, epoch: int | None = None) -> pd.DataFrame:
-    """Per-sample losses of a run directory: `sample_losses.parquet` (columns epoch, index,
-    given_label, true_label, loss_net1, loss_net2; `epoch` picks one, default the last) when the
-    run wrote it, else the final losses in `clean_probs.parquet`."""
+def load_sample_losses(source: str | Path) -> pd.DataFrame:
+    """The final per-sample losses of a run: its `clean_probs.parquet` (columns index,
+    given_label, true_label, loss_net1, loss_net2, ...), from the run directory or the file."""
     source = Path(source)
-    per_epoch = source / "sample_losses.parquet"
-    if per_epoch.is_file():
-        frame = pd.read_parquet(per_epoch)
-        if "epoch" in frame:
-            chosen = int(frame["epoch"].max()) if epoch is None else int(epoch)
-            frame = frame[frame["epoch"] == chosen]
-            if frame.empty:
-                raise LookupError(f"{per_epoch} holds no losses of epoch {epoch}.")
-        return frame.reset_index(drop=True)
-    final = source / "clean_probs.parquet" if source.is_dir() else source
-    if epoch is not None:
-        raise LookupError(
-            f"{source} has no per-epoch losses (sample_losses.parquet); "
-            "only the final ones in clean_probs.parquet."
-        )
-    return pd.read_parquet(final)
+    return pd.read_parquet(source / CLEAN_PROBS_FILE if source.is_dir() else source)
 
 
 # ---- everything for a sweep ----------------------------------------------------------------
@@ -499,17 +466,11 @@ def make_sweep_plots(
     return paths, notes
 
 
-def log_plots_to_mlflow(
-    paths: dict[str, Path] | Sequence[Path], run_id: str, tracking_uri: str
-) -> list[str]:
-    """Upload PNGs as artifacts under `plots/` of `run_id` (the run's status is left alone)."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    files = list(paths.values()) if isinstance(paths, dict) else list(paths)
-    for path in files:
-        client.log_artifact(run_id, str(path), "plots")
-    return [f"plots/{Path(p).name}" for p in files]
+def log_plots_to_mlflow(sweep: Sweep, paths: Sequence[Path]) -> tuple[str, list[str]]:
+    """Upload files under `plots/` of the sweep's parent run (of its best trial when the
+    experiment has no sweep run); the run's status is left alone. Returns (run id, artifacts)."""
+    target = sweep.parent_run_ids[0] if sweep.parent_run_ids else sweep.trials.iloc[0]["run_id"]
+    return target, tracking.log_files(sweep.tracking_uri, target, list(paths), "plots")
 
 
 def sample_table_for(
@@ -517,8 +478,6 @@ def sample_table_for(
 ) -> tuple[pd.Series | None, pd.DataFrame | None]:
     """(trial row, clean_probs frame) of trial `trial_id`, or of the best-ranked trial among the
     first `candidates` that logged clean_probs.parquet; (None, None) when there is none."""
-    from dmx.label_issues import load_clean_probs
-
     rows = sweep.trials
     if trial_id is not None:
         rows = rows[rows["trial_id"].astype(str) == str(trial_id)]
@@ -526,7 +485,8 @@ def sample_table_for(
             raise LookupError(f"no trial {trial_id!r} in experiment {sweep.experiment!r}")
     for _, row in rows.head(candidates).iterrows():
         try:
-            return row, load_clean_probs(row["run_id"], tracking_uri=sweep.tracking_uri)
+            path = tracking.download_artifact(row["run_id"], CLEAN_PROBS_FILE, sweep.tracking_uri)
+            return row, pd.read_parquet(path)
         except FileNotFoundError:
             continue
     return None, None
@@ -541,7 +501,7 @@ def main(argv: list[str] | None = None) -> int:
     from analysis.compare import add_sweep_arguments, load_from_args
 
     parser = argparse.ArgumentParser(
-        prog="python analysis/plots.py",
+        prog="python -m analysis.plots",
         description="Write the sweep plots (or one run directory's loss histogram) as PNG.",
     )
     add_sweep_arguments(parser)
@@ -558,12 +518,6 @@ def main(argv: list[str] | None = None) -> int:
         help="instead of MLflow: draw the loss histogram of this run directory",
     )
     parser.add_argument(
-        "--epoch",
-        type=int,
-        default=None,
-        help="with --run-dir: epoch of sample_losses.parquet (default: final)",
-    )
-    parser.add_argument(
         "--log-to-mlflow",
         action="store_true",
         help="upload the plots under plots/ of the sweep's parent run",
@@ -571,13 +525,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.run_dir:
         run_dir = Path(args.run_dir)
-        frame = load_sample_losses(run_dir, epoch=args.epoch)
+        frame = load_sample_losses(run_dir)
         thr = 0.5
-        if (run_dir / "config.json").is_file():
-            import json
-
+        if (run_dir / CONFIG_FILE).is_file():
             thr = float(
-                json.loads((run_dir / "config.json").read_text()).get("dividemix.p_threshold", 0.5)
+                json.loads((run_dir / CONFIG_FILE).read_text()).get("dividemix.p_threshold", 0.5)
             )
         fig = loss_histograms_from_frame(
             frame, p_threshold=thr, title=f"{run_dir.name}: per-sample loss with the fitted GMM"
@@ -597,16 +549,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in paths.items():
         print(f"wrote {path}" + (f"  ({notes[name]})" if name in notes else ""))
     if args.log_to_mlflow:
-        target = sweep.parent_run_ids[0] if sweep.parent_run_ids else sweep.trials.iloc[0]["run_id"]
-        log_plots_to_mlflow(paths, target, sweep.tracking_uri)
-        print(f"logged {len(paths)} plots under plots/ of run {target}")
+        target, logged = log_plots_to_mlflow(sweep, list(paths.values()))
+        print(f"logged {len(logged)} plots under plots/ of run {target}")
     return 0
 
 
 __all__ = [
     "accuracy_curves",
     "division_curves",
-    "fit_loss_gmm",
     "gmm_threshold",
     "importance_plot",
     "load_sample_losses",

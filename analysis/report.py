@@ -1,6 +1,6 @@
 """One self-contained HTML page for a sweep: tables and plots embedded, nothing fetched.
 
-    python analysis/report.py --experiment NAME --out DIR [--tracking-uri URI]
+    python -m analysis.report --experiment NAME --out DIR [--tracking-uri URI]
                               [--group-by PARAM ...] [--top K] [--log-to-mlflow]
 
 Writes DIR/report.html (plots as base64 PNG data URIs, CSS inline, no scripts) plus the PNGs and
@@ -21,13 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # run as `python analysis/report.py`: make `analysis` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import pandas as pd
 
-import pandas as pd  # noqa: E402
-
-from analysis import plots  # noqa: E402
-from analysis.compare import (  # noqa: E402
+from analysis import plots
+from analysis.compare import (
     Comparison,
     add_sweep_arguments,
     best_text,
@@ -38,7 +35,8 @@ from analysis.compare import (  # noqa: E402
     load_from_args,
     write_outputs,
 )
-from analysis.runs import SUMMARY_COLUMNS, Sweep, format_cell, format_value  # noqa: E402
+from analysis.runs import SUMMARY_COLUMNS, Sweep, format_cell, format_value
+from dmx.label_issues import summarize_ranking, table_from_clean_probs
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
@@ -143,8 +141,6 @@ def _label_issue_section(
             "view.</p></section>"
         )
         return "".join(parts)
-    from dmx.label_issues import summarize_ranking, table_from_clean_probs
-
     thr = plots.trial_p_threshold(row)
     table = table_from_clean_probs(frame, p_threshold=thr)
     s = summarize_ranking(table, top_k=top_k)
@@ -326,7 +322,7 @@ def build_report(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python analysis/report.py",
+        prog="python -m analysis.report",
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -367,8 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"wrote {html_path} (open it in a browser)")
     if args.log_to_mlflow:
-        target = sweep.parent_run_ids[0] if sweep.parent_run_ids else sweep.trials.iloc[0]["run_id"]
-        logged = plots.log_plots_to_mlflow([*paths.values(), html_path], target, sweep.tracking_uri)
+        target, logged = plots.log_plots_to_mlflow(sweep, [*paths.values(), html_path])
         print(f"logged {len(logged)} files under plots/ of run {target}")
     return 0
 

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from mlflow import MlflowClient
 
-ROLE_TAG = "dmx.role"
-TRIAL_ID_TAG = "dmx.trial_id"
-PARENT_TAG = "mlflow.parentRunId"
+from dmx.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG, resolve_tracking_uri
+
 OBJECTIVE = "val_acc_final"
 """The sweep objective column: noisy-validation accuracy (%) at the trial's last epoch."""
 SEED_PARAM = "run.seed"
@@ -164,17 +164,9 @@ class Sweep:
     parent_run_ids: list[str] = field(default_factory=list)
     """Runs tagged dmx.role=sweep in the experiment (where sweep-level plots are logged)."""
 
-    @property
-    def objective(self) -> str:
-        return OBJECTIVE
-
 
 def _client(tracking_uri: str | None):
-    from mlflow import MlflowClient
-
-    from dmx.tracking import resolve_tracking_uri  # the same default store as the writer
-
-    uri = resolve_tracking_uri(tracking_uri)
+    uri = resolve_tracking_uri(tracking_uri)  # the same default store as the writer
     return MlflowClient(tracking_uri=uri), uri
 
 
@@ -250,13 +242,13 @@ def load_sweep(
         base.append(
             {
                 "run_id": run.info.run_id,
-                "trial_id": tags.get(TRIAL_ID_TAG, run.info.run_name),
+                "trial_id": tags.get(TRIAL_TAG, run.info.run_name),
                 "run_name": run.info.run_name,
                 "role": tags.get(ROLE_TAG, ""),
                 "status": run.info.status,
                 "parent_run_id": tags.get(PARENT_TAG),
                 "preset": tags.get("dmx.preset"),
-                # ASHA-stopped trials end FINISHED but carry this tag (dmx.tune)
+                # ASHA-stopped trials end FINISHED but carry this tag (dmx.sweep)
                 "stopped_early": tags.get("dmx.stopped_early", "false") == "true",
                 "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
                 "_start_ms": run.info.start_time,

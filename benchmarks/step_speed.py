@@ -34,9 +34,17 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_times(model_name: str, *, batch_size: int, steps: int, warmup: int,
-               device: torch.device, dtype: torch.dtype | None, channels_last: bool,
-               num_classes: int = 10) -> list[float]:
+def step_times(
+    model_name: str,
+    *,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+    channels_last: bool,
+    num_classes: int = 10,
+) -> list[float]:
     """Seconds per training step for `steps` steps after `warmup` untimed ones."""
     torch.manual_seed(0)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -75,25 +83,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per case")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per case")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--modes", nargs="+", default=[m[0] for m in MODES],
-                        choices=[m[0] for m in MODES])
+    parser.add_argument(
+        "--modes", nargs="+", default=[m[0] for m in MODES], choices=[m[0] for m in MODES]
+    )
     args = parser.parse_args(argv)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
-    print(f"torch {torch.__version__}, device {device} ({where or platform.machine()}), "
-          f"{torch.get_num_threads()} threads, median of {args.steps} steps after {args.warmup}")
+    print(
+        f"torch {torch.__version__}, device {device} ({where or platform.machine()}), "
+        f"{torch.get_num_threads()} threads, median of {args.steps} steps after {args.warmup}"
+    )
     print(f"{'model':<16} {'batch':>5} {'mode':<19} {'ms/step':>8} {'images/s':>9}")
     modes = [m for m in MODES if m[0] in args.modes]
     for model_name in args.models:
         for batch_size in args.batch_size:
             for label, dtype, channels_last in modes:
-                times = step_times(model_name, batch_size=batch_size, steps=args.steps,
-                                   warmup=args.warmup, device=device, dtype=dtype,
-                                   channels_last=channels_last)
+                times = step_times(
+                    model_name,
+                    batch_size=batch_size,
+                    steps=args.steps,
+                    warmup=args.warmup,
+                    device=device,
+                    dtype=dtype,
+                    channels_last=channels_last,
+                )
                 median = statistics.median(times)
-                print(f"{model_name:<16} {batch_size:>5} {label:<19} {median * 1e3:>8.1f} "
-                      f"{batch_size / median:>9.0f}", flush=True)
+                print(
+                    f"{model_name:<16} {batch_size:>5} {label:<19} {median * 1e3:>8.1f} "
+                    f"{batch_size / median:>9.0f}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ class DataConfig:
         )
 
 
+# The one list of noise modes: `dmx.labels` takes a NoiseConfig, so it needs no list of its own.
 NoiseMode = Literal["none", "sym", "asym", "human"]
 
 

@@ -11,7 +11,9 @@ Unlike the reference, the GMM is seeded (`random_state`) so a division can be re
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,7 +23,9 @@ from sklearn.mixture import GaussianMixture
 ArrayLike = np.ndarray | torch.Tensor
 
 
-def _as_numpy(x: ArrayLike) -> np.ndarray:
+def as_numpy(x: ArrayLike) -> np.ndarray:
+    """A numpy view/copy of a numpy array or torch tensor (detached, on the CPU; bf16/fp16 become
+    float32 since numpy has no bfloat16). The one conversion the math modules share."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu()
         if x.dtype in (torch.bfloat16, torch.float16):  # numpy has no bfloat16
@@ -95,6 +99,77 @@ def history_input(history: ArrayLike, *, window: int) -> ArrayLike:
     return recent.mean(axis=0)  # (N,)
 
 
+@dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value to compare
+class GMMFit:
+    """A 2-component GMM fitted to (N,) losses, the clean (lower-mean) component FIRST.
+
+    Degenerate input (N < 2 or all losses equal, see `fit_gmm`) is described as one point mass:
+    both means equal the common loss value (NaN when N == 0), both stds are 0, the weights are
+    (1, 0) and every sample is clean. Plotting code can then draw it without special cases.
+    """
+
+    means: np.ndarray  # (2,) float64, clean component first (means[0] <= means[1])
+    stds: np.ndarray  # (2,) float64, sqrt of the fitted variances (reg_covar included)
+    weights: np.ndarray  # (2,) float64, mixing weights, sum 1
+    clean_prob: np.ndarray  # (N,) float64 in [0, 1]: posterior of the clean component
+
+
+def fit_gmm(
+    losses: ArrayLike,
+    *,
+    seed: int,
+    max_iter: int = 10,
+    tol: float = 1e-2,
+    reg_covar: float = 5e-4,
+) -> GMMFit:
+    """Fit the division's 2-component GMM to the losses; `clean_probability` is its `clean_prob`.
+
+    Fits `GaussianMixture(n_components=2, max_iter, tol, reg_covar, random_state=seed)` on
+    `losses.reshape(-1, 1)` (as float64). The defaults are the reference's; `max_iter=10` often
+    stops before convergence by design, so sklearn's ConvergenceWarning is silenced here (other
+    warnings pass through). One function serves training and the analysis plots, so a plotted
+    GMM is exactly the one that divided the samples.
+
+    Args:
+        losses: (N,) normalised losses (numpy array or torch tensor), all finite.
+        seed: random_state of the GMM initialisation (the reference leaves it unseeded).
+
+    Returns:
+        GMMFit with the clean (lower-mean) component first. With N < 2 or all losses equal there
+        is nothing to separate, so every sample is clean (clean_prob all ones; an empty input
+        gives an empty array) and the parameters describe one point mass (see `GMMFit`): the
+        training loop then treats the whole set as labelled with weight 1 rather than crashing.
+    """
+    x = as_numpy(losses).astype(np.float64, copy=False).reshape(-1)  # (N,)
+    if not np.all(np.isfinite(x)):
+        bad = int(np.size(x) - np.isfinite(x).sum())
+        raise ValueError(f"losses contain {bad} non-finite value(s); the GMM needs finite losses.")
+    if x.size < 2 or np.all(x == x[0]):
+        value = float(x[0]) if x.size else math.nan
+        return GMMFit(
+            means=np.array([value, value]),
+            stds=np.zeros(2),
+            weights=np.array([1.0, 0.0]),
+            clean_prob=np.ones(x.size, dtype=np.float64),
+        )
+    gmm = GaussianMixture(
+        n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed
+    )
+    column = x.reshape(-1, 1)  # (N, 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        gmm.fit(column)
+    posterior = gmm.predict_proba(column)  # (N, 2)
+    clean = int(gmm.means_.argmin())
+    order = [clean, 1 - clean]  # clean component first
+    return GMMFit(
+        means=np.asarray(gmm.means_, dtype=np.float64).reshape(-1)[order],  # (2,)
+        stds=np.sqrt(np.asarray(gmm.covariances_, dtype=np.float64).reshape(-1))[order],  # (2,)
+        weights=np.asarray(gmm.weights_, dtype=np.float64)[order],  # (2,)
+        clean_prob=np.ascontiguousarray(posterior[:, clean], dtype=np.float64),  # (N,)
+    )
+
+
 def clean_probability(
     losses: ArrayLike,
     *,
@@ -105,10 +180,8 @@ def clean_probability(
 ) -> np.ndarray:
     """Posterior probability of being clean under a 2-component GMM fitted to the losses.
 
-    Fits `GaussianMixture(n_components=2, max_iter, tol, reg_covar, random_state=seed)` on
-    `losses.reshape(-1, 1)` (as float64) and returns the posterior of the component with the
-    lower mean. The defaults are the reference's; `max_iter=10` often stops before convergence
-    by design, so sklearn's ConvergenceWarning is silenced here (other warnings pass through).
+    The `clean_prob` of `fit_gmm` (same arguments, same degenerate-input rule: N < 2 or all
+    losses equal gives all ones).
 
     Args:
         losses: (N,) normalised losses (numpy array or torch tensor), all finite.
@@ -116,26 +189,8 @@ def clean_probability(
 
     Returns:
         (N,) float64 numpy array in [0, 1].
-
-    Degenerate inputs: with N < 2 or all losses equal there is nothing to separate, so every
-    sample is returned as clean (all ones; an empty input gives an empty array). The training loop
-    then treats the whole set as labelled with weight 1 rather than crashing.
     """
-    x = _as_numpy(losses).astype(np.float64, copy=False).reshape(-1)  # (N,)
-    if not np.all(np.isfinite(x)):
-        bad = int(np.size(x) - np.isfinite(x).sum())
-        raise ValueError(f"losses contain {bad} non-finite value(s); the GMM needs finite losses.")
-    if x.size < 2 or np.all(x == x[0]):
-        return np.ones(x.size, dtype=np.float64)
-    gmm = GaussianMixture(
-        n_components=2, max_iter=max_iter, tol=tol, reg_covar=reg_covar, random_state=seed
-    )
-    column = x.reshape(-1, 1)  # (N, 1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=ConvergenceWarning)
-        gmm.fit(column)
-    posterior = gmm.predict_proba(column)  # (N, 2)
-    return np.ascontiguousarray(posterior[:, int(gmm.means_.argmin())], dtype=np.float64)
+    return fit_gmm(losses, seed=seed, max_iter=max_iter, tol=tol, reg_covar=reg_covar).clean_prob
 
 
 def co_divide(clean_prob: ArrayLike, *, p_threshold: float) -> np.ndarray:
@@ -150,4 +205,4 @@ def co_divide(clean_prob: ArrayLike, *, p_threshold: float) -> np.ndarray:
     """
     if not 0.0 <= p_threshold <= 1.0:
         raise ValueError(f"p_threshold must be in [0, 1], got {p_threshold!r}.")
-    return _as_numpy(clean_prob).reshape(-1) > p_threshold  # (N,) bool
+    return as_numpy(clean_prob).reshape(-1) > p_threshold  # (N,) bool

@@ -1,12 +1,32 @@
-"""Atomic file writes: readers (and a run resumed after a crash) see the old file or the whole new
-one, never part of it. Torch-free, so the label and report writers can use it too."""
+"""Atomic file writes and content hashes.
+
+Readers (and a run resumed after a crash) see the old file or the whole new one, never part of
+it. The sha256 helpers here are the only ones in dmx: a label file's hash, a checkpoint's sidecar
+and a sweep's label check must agree, so they are computed one way. Torch-free, so the label and
+report writers can use it too.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of `data` (64 lowercase hex characters)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of the file at `path`, read in 1 MiB chunks (checkpoints can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -44,4 +64,4 @@ def write_parquet_atomic(table: Any, path: str | Path) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-__all__ = ["atomic_write_bytes", "write_parquet_atomic"]
+__all__ = ["atomic_write_bytes", "sha256_bytes", "sha256_file", "write_parquet_atomic"]

@@ -17,26 +17,18 @@ inside those blocks: the sample the ensemble most confidently assigns to another
 With only a predicted label (no probabilities) the tie-break is 1 when it differs from the given
 label, else 0.
 
-The loaders read `clean_probs.parquet` (columns index, given_label, true_label, clean_prob_net1,
-clean_prob_net2, pred_label, pred_prob_given) from a run directory or from an MLflow run's
-artifacts. `run_label_issues` is what `dmx label-issues` calls.
+Everything here is pure: arrays or DataFrames in, arrays or tables out; no file, no MLflow, no
+printing. `table_from_clean_probs` takes the per-sample report of a run (`clean_probs.parquet`:
+index, given_label, true_label, clean_prob_net1, clean_prob_net2, pred_label, pred_prob_given);
+reading it from a run directory, a checkpoint or an MLflow run is `dmx.cli.label_issues`.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-import tempfile
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-
-CLEAN_PROBS_FILE = "clean_probs.parquet"
 
 
 # ---- arrays in, arrays out ------------------------------------------------------------------
@@ -315,226 +307,15 @@ def table_from_clean_probs(frame: pd.DataFrame, *, p_threshold: float = 0.5) -> 
     )
 
 
-# ---- loading: run directory, parquet file, or MLflow run -------------------------------------
-def load_clean_probs(source: str | Path, *, tracking_uri: str | None = None) -> pd.DataFrame:
-    """clean_probs.parquet as a DataFrame from a run directory, the file itself, or an MLflow run
-    (`RUN_ID` or `runs:/RUN_ID`; the artifact `clean_probs.parquet` is downloaded)."""
-    path = Path(source).expanduser()
-    if path.is_dir():
-        file = path / CLEAN_PROBS_FILE
-        if not file.is_file():
-            file = _clean_probs_from_checkpoint(path)
-        return pd.read_parquet(file)
-    if path.is_file():
-        return pd.read_parquet(path)
-    run_id = str(source).removeprefix("runs:/").strip("/")
-    if not run_id or "/" in run_id or "\\" in run_id:
-        raise FileNotFoundError(
-            f"{source} is neither a run directory, a parquet file, nor an MLflow run id."
-        )
-    return pd.read_parquet(_download_mlflow_artifact(run_id, CLEAN_PROBS_FILE, tracking_uri))
-
-
-def _clean_probs_from_checkpoint(path: Path) -> Path:
-    """A run or checkpoint folder without clean_probs.parquet (a run stopped before its end, a
-    sweep trial stopped early): compute the file from its newest checkpoint, next to it."""
-    from dmx.state import list_checkpoints
-
-    for folder in (path, path / "checkpoints"):
-        if list_checkpoints(folder):
-            from dmx.train import sample_report_from_checkpoint  # torch only on this path
-
-            print(f"{path} has no {CLEAN_PROBS_FILE}: computing it from the newest checkpoint in "
-                  f"{folder}", file=sys.stderr)
-            return sample_report_from_checkpoint(folder, path / CLEAN_PROBS_FILE)
-    raise FileNotFoundError(
-        f"{path} has neither {CLEAN_PROBS_FILE} nor a checkpoint to compute it from. Pass a "
-        "`dmx train` run directory, a sweep trial's checkpoint_* folder, or the parquet file."
-    )
-
-
-def _download_mlflow_artifact(run_id: str, artifact: str, tracking_uri: str | None) -> Path:
-    import mlflow  # optional edge: only this loader needs MLflow
-    from mlflow.exceptions import MlflowException
-
-    from dmx.tracking import resolve_tracking_uri  # the writer's default store
-
-    tracking_uri = resolve_tracking_uri(tracking_uri)
-    dst = Path(tempfile.mkdtemp(prefix="dmx-label-issues-"))
-    # One small file: MLflow's progress bar would only clutter the summary on stderr.
-    previous = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        local = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path=artifact, dst_path=str(dst), tracking_uri=tracking_uri
-        )
-    except MlflowException as exc:
-        raise FileNotFoundError(
-            f"{run_id!r} is not a run directory, and MLflow (tracking URI "
-            f"{tracking_uri}) could not give its {artifact}: "
-            f"{exc.message}"
-        ) from None
-    finally:
-        if previous is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = previous
-    return Path(local)
-
-
-def _run_p_threshold(source: str | Path, default: float = 0.5) -> float:
-    config = Path(source).expanduser() / "config.json"
-    try:
-        return float(json.loads(config.read_text()).get("dividemix.p_threshold", default))
-    except (OSError, ValueError, TypeError, AttributeError):
-        return default
-
-
-def _default_out(source: str | Path) -> Path:
-    path = Path(source).expanduser()
-    if path.is_dir():
-        return path / "label_issues.parquet"
-    if path.is_file():
-        return path.with_name("label_issues.parquet")
-    return Path(f"label_issues-{str(source).removeprefix('runs:/').strip('/')[:12]}.parquet")
-
-
-def run_label_issues(
-    source: str | Path,
-    *,
-    top_k: int | None = None,
-    out: str | Path | None = None,
-    tracking_uri: str | None = None,
-    p_threshold: float | None = None,
-) -> tuple[pd.DataFrame, dict[str, float], list[Path]]:
-    """Rank the samples of a finished run and write OUT.parquet and OUT.csv.
-
-    `source` is a run directory, a clean_probs.parquet file, or an MLflow run id. The written
-    table holds the first `top_k` rows of the ranking (all rows when None); the summary is
-    computed on the whole ranking with K = top_k (or the flagged count). Returns (table written,
-    summary, [parquet path, csv path]). `p_threshold` None takes the run's own
-    `dividemix.p_threshold` from RUN_DIR/config.json when there is one, else 0.5.
-    """
-    if p_threshold is None:
-        p_threshold = _run_p_threshold(source)
-    table = table_from_clean_probs(
-        load_clean_probs(source, tracking_uri=tracking_uri), p_threshold=p_threshold
-    )
-    summary = summarize_ranking(table, top_k=top_k)
-    if top_k is not None:
-        table = table.iloc[: int(top_k)].reset_index(drop=True)
-    out_path = Path(out) if out is not None else _default_out(source)
-    stem = out_path.with_suffix("") if out_path.suffix in (".parquet", ".csv") else out_path
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    paths = [stem.with_name(stem.name + ".parquet"), stem.with_name(stem.name + ".csv")]
-    table.to_parquet(paths[0], index=False)
-    table.to_csv(paths[1], index=False)
-    return table, summary, paths
-
-
-def format_summary(summary: dict[str, float], paths: Sequence[Path] = ()) -> str:
-    """Human-readable lines for a `summarize_ranking` dict."""
-    lines = [
-        f"{summary['n']} samples ranked; {summary['flagged']} flagged "
-        f"(mean clean probability below the threshold)."
-    ]
-    if "num_wrong" in summary:
-        k = summary["k"]
-        lines += [
-            f"true labels known: {summary['num_wrong']} wrong "
-            f"({100 * summary['noise_rate']:.1f}%).",
-            f"precision@{k} {summary['precision_at_k']:.3f}  "
-            f"recall@{k} {summary['recall_at_k']:.3f}",
-            f"precision@{summary['num_wrong']} (= recall there) "
-            f"{summary['precision_at_num_wrong']:.3f}  average precision "
-            f"{summary['average_precision']:.3f}  AUC {summary['auc']:.3f}",
-        ]
-    lines += [f"wrote {p}" for p in paths]
-    return "\n".join(lines)
-
-
-# ---- command line (wired into `dmx` by dmx/cli.py) --------------------------------------------
-def add_cli(subparsers: Any) -> argparse.ArgumentParser:
-    """Register `label-issues` on an argparse subparsers object; the handler is `run_cli`."""
-    p = subparsers.add_parser(
-        "label-issues",
-        help="rank the training samples of a finished run by how likely their label is wrong",
-        description=(
-            "Rank the samples of a finished run by 1 - mean clean probability of the two nets "
-            "(ties: ensemble confidence in another label) and write OUT.parquet + OUT.csv. "
-            "With true labels known, print precision@K, recall and average precision."
-        ),
-    )
-    p.add_argument(
-        "source",
-        help="run directory, clean_probs.parquet, an MLflow run id, or a checkpoint folder (e.g. "
-        "a sweep trial's checkpoint_*: clean_probs.parquet is computed from it first)",
-    )
-    p.add_argument(
-        "--top",
-        type=int,
-        default=None,
-        metavar="K",
-        help="keep the K most suspect samples (default: all, ranked)",
-    )
-    p.add_argument(
-        "--out",
-        default=None,
-        metavar="FILE",
-        help="output stem (.parquet/.csv added; default RUN_DIR/label_issues)",
-    )
-    p.add_argument(
-        "--tracking-uri",
-        "--mlflow-uri",
-        dest="tracking_uri",
-        default=None,
-        metavar="URI",
-        help="MLflow URI for a run-id SOURCE (default: $MLFLOW_TRACKING_URI)",
-    )
-    p.add_argument(
-        "--p-threshold",
-        type=float,
-        default=None,
-        metavar="P",
-        help="flag samples whose mean clean probability is below P (default: the run's "
-        "dividemix.p_threshold from RUN_DIR/config.json, else 0.5)",
-    )
-    p.set_defaults(func=run_cli)
-    return p
-
-
-def run_cli(args: argparse.Namespace) -> int:
-    """Handler of `dmx label-issues`: writes the files, prints the summary, returns 0 (2 on a
-    missing source)."""
-    try:
-        _, summary, paths = run_label_issues(
-            args.source,
-            top_k=args.top,
-            out=args.out,
-            tracking_uri=args.tracking_uri,
-            p_threshold=args.p_threshold,
-        )
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # RuntimeError: CheckpointError
-        print(f"dmx label-issues: {exc}", file=sys.stderr)
-        return 2
-    print(format_summary(summary, paths))
-    return 0
-
-
 __all__ = [
-    "add_cli",
     "average_precision",
     "find_label_issues",
-    "format_summary",
     "label_issue_scores",
     "label_issue_table",
-    "load_clean_probs",
     "precision_at_k",
     "rank_by_score",
     "ranking_auc",
     "recall_at_k",
-    "run_cli",
-    "run_label_issues",
     "summarize_ranking",
     "table_from_clean_probs",
 ]

@@ -5,6 +5,9 @@ run and every analysis must see the same labels. So the vector is generated once
 training set (subsets and validation splits select rows from it later), written atomically, and
 identified by its parameters and content hash.
 
+What to generate comes in as one `dmx.config.NoiseConfig`, so the noise fields are spelled out
+once (dmx.config imports only the standard library: no cycle, no heavy import).
+
 File layout (columns): `index` int64 (original training index), `true_label` int64,
 `noisy_label` int64. Schema metadata key `dmx.noise` holds JSON: the generator params (dataset,
 mode, rate, seed, exclude_true_class, human_file, human_key, num_samples, num_classes,
@@ -13,7 +16,6 @@ true_labels_sha256) and `realised_rate`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,12 +25,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dmx.config import NoiseConfig
 from dmx.data import ImageDataset
-from dmx.files import write_parquet_atomic
-from dmx.noise import asymmetric_noise, load_human_labels, noise_rate, symmetric_noise
+from dmx.data.cifar_n import load_human_labels
+from dmx.files import sha256_bytes, sha256_file, write_parquet_atomic
+from dmx.noise import asymmetric_noise, noise_rate, symmetric_noise
 
 METADATA_KEY = b"dmx.noise"
-MODES = ("none", "sym", "asym", "human")
 FORMAT_VERSION = 1  # bump when the generator's definition changes: old files then mismatch
 
 
@@ -53,20 +56,8 @@ class NoisyLabels:
         return self.noisy_labels == self.true_labels
 
 
-def _sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _params_hash(params: dict[str, Any]) -> str:
-    return _sha256_bytes(json.dumps(params, sort_keys=True).encode())
+    return sha256_bytes(json.dumps(params, sort_keys=True).encode())
 
 
 def _rate_tag(rate: float) -> str:
@@ -105,7 +96,7 @@ def write_noisy_labels(
         noisy_labels=noisy_labels,
         params=params,
         realised_rate=rate,
-        sha256=_file_sha256(path),
+        sha256=sha256_file(path),
     )
 
 
@@ -171,48 +162,38 @@ def load_noisy_labels(
         noisy_labels=noisy,
         params=meta.get("params", {}),
         realised_rate=noise_rate(true, noisy),
-        sha256=_file_sha256(path),
+        sha256=sha256_file(path),
     )
 
 
-def noise_params(
-    dataset: ImageDataset,
-    *,
-    mode: str,
-    rate: float,
-    seed: int,
-    exclude_true_class: bool = False,
-    human_file: str | None = None,
-    human_key: str | None = None,
-) -> dict[str, Any]:
+def noise_params(dataset: ImageDataset, noise: NoiseConfig) -> dict[str, Any]:
     """The parameter dict that identifies a noisy-label vector (stored in, and naming, the file).
 
     Parameters that do not affect a mode are normalised away (e.g. rate for "human"), so two
-    requests for the same labels share one file.
+    requests for the same labels share one file. `noise` was validated when it was built (mode,
+    rate range); its `label_file` and `cache_dir` say where labels live, not what they are, and
+    are not part of the identity.
     """
-    if mode not in MODES:
-        raise ValueError(f"noise mode {mode!r} is unknown: choose one of {MODES}.")
-    if not 0.0 <= float(rate) <= 1.0:
-        raise ValueError(f"noise rate {rate!r} is out of range: pass a fraction in [0, 1].")
     true = dataset.train_labels.numpy().astype(np.int64)
+    mode = noise.mode
     human = mode == "human"
     return {
         "format": FORMAT_VERSION,
         "dataset": dataset.name,
         "mode": mode,
-        "rate": float(rate) if mode in ("sym", "asym") else 0.0,
-        "seed": int(seed) if mode in ("sym", "asym") else 0,
-        "exclude_true_class": bool(exclude_true_class) if mode == "sym" else False,
+        "rate": float(noise.rate) if mode in ("sym", "asym") else 0.0,
+        "seed": int(noise.seed) if mode in ("sym", "asym") else 0,
+        "exclude_true_class": bool(noise.exclude_true_class) if mode == "sym" else False,
         # the file's name, not its folder: the same CIFAR-N file may live anywhere
-        "human_file": Path(human_file).name if human and human_file else None,
-        "human_key": human_key if human else None,
+        "human_file": Path(noise.human_file).name if human and noise.human_file else None,
+        "human_key": (noise.human_key or None) if human else None,
         "num_samples": len(true),
         "num_classes": dataset.num_classes,
-        "true_labels_sha256": _sha256_bytes(true.tobytes()),
+        "true_labels_sha256": sha256_bytes(true.tobytes()),
     }
 
 
-def _generate(dataset: ImageDataset, params: dict[str, Any], human_file: str | None) -> np.ndarray:
+def _generate(dataset: ImageDataset, params: dict[str, Any], human_file: str) -> np.ndarray:
     true = dataset.train_labels.numpy().astype(np.int64)
     mode = params["mode"]
     rng = np.random.default_rng(params["seed"])
@@ -253,31 +234,18 @@ def _generate(dataset: ImageDataset, params: dict[str, Any], human_file: str | N
 
 
 def make_or_load_noisy_labels(
-    dataset: ImageDataset,
-    *,
-    mode: str,
-    rate: float,
-    seed: int,
-    exclude_true_class: bool = False,
-    human_file: str | None = None,
-    human_key: str | None = None,
-    cache_dir: str | Path,
+    dataset: ImageDataset, noise: NoiseConfig, *, cache_dir: str | Path
 ) -> NoisyLabels:
-    """Return the noisy labels of `dataset`'s full training set for these parameters.
+    """Return the noisy labels of `dataset`'s full training set for the `noise` settings.
 
     The file `cache_dir/{dataset}-{mode}-{rate}-seed{seed}-{8 hex of params hash}.parquet` is
     reused when it exists and its stored params match; otherwise the labels are generated with
-    `np.random.default_rng(seed)` and written atomically.
+    `np.random.default_rng(seed)` and written atomically. `noise.label_file` and
+    `noise.cache_dir` are not read here: the caller decides between a given file
+    (`load_noisy_labels`) and the cache folder.
     """
-    params = noise_params(
-        dataset,
-        mode=mode,
-        rate=rate,
-        seed=seed,
-        exclude_true_class=exclude_true_class,
-        human_file=human_file,
-        human_key=human_key,
-    )
+    params = noise_params(dataset, noise)
+    mode = params["mode"]
     tag = params["human_key"] if mode == "human" else _rate_tag(params["rate"])
     name = f"{dataset.name}-{mode}-{tag}-seed{params['seed']}-{_params_hash(params)[:8]}.parquet"
     path = Path(cache_dir) / name
@@ -291,5 +259,5 @@ def make_or_load_noisy_labels(
         if found is not None and found.params == params:
             return found
     true = dataset.train_labels.numpy().astype(np.int64)
-    noisy = _generate(dataset, params, human_file)
+    noisy = _generate(dataset, params, noise.human_file)
     return write_noisy_labels(path, true_labels=true, noisy_labels=noisy, params=params)

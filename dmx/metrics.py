@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from dmx.divide import ArrayLike, _as_numpy  # one tensor/array conversion for the math modules
+from dmx.divide import ArrayLike, as_numpy  # one tensor/array conversion for the math modules
 
 
 def accuracy(logits_or_pred: ArrayLike, labels: ArrayLike) -> float:
@@ -25,8 +25,8 @@ def accuracy(logits_or_pred: ArrayLike, labels: ArrayLike) -> float:
     Returns:
         100 * fraction correct; NaN when N == 0.
     """
-    scores = _as_numpy(logits_or_pred)
-    y = _as_numpy(labels).reshape(-1)  # (N,)
+    scores = as_numpy(logits_or_pred)
+    y = as_numpy(labels).reshape(-1)  # (N,)
     if scores.ndim == 2:
         pred = scores.argmax(axis=1)  # (N,)
     elif scores.ndim == 1:
@@ -50,8 +50,8 @@ def topk_accuracy(logits: ArrayLike, labels: ArrayLike, k: int) -> float:
         100 * fraction of rows whose label is in the top k; NaN when N == 0. Ties at the k-th
         score are broken by class index order of a stable sort (lower index first).
     """
-    scores = _as_numpy(logits)
-    y = _as_numpy(labels).reshape(-1)  # (N,)
+    scores = as_numpy(logits)
+    y = as_numpy(labels).reshape(-1)  # (N,)
     if scores.ndim != 2:
         raise ValueError(f"logits must be (N, C), got shape {scores.shape}.")
     if not 1 <= k <= scores.shape[1]:
@@ -79,9 +79,9 @@ def clean_detection(
          "precision": fraction of labelled samples that are clean (NaN if none labelled),
          "recall": fraction of clean samples that are labelled (NaN if none clean)}.
     """
-    prob = _as_numpy(clean_prob).astype(np.float64).reshape(-1)  # (N,)
-    labeled = _as_numpy(labeled_mask).astype(bool).reshape(-1)  # (N,)
-    clean = _as_numpy(is_clean).astype(bool).reshape(-1)  # (N,)
+    prob = as_numpy(clean_prob).astype(np.float64).reshape(-1)  # (N,)
+    labeled = as_numpy(labeled_mask).astype(bool).reshape(-1)  # (N,)
+    clean = as_numpy(is_clean).astype(bool).reshape(-1)  # (N,)
     if not prob.shape == labeled.shape == clean.shape:
         raise ValueError(
             f"shapes differ: clean_prob {prob.shape}, labeled_mask {labeled.shape}, "

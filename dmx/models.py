@@ -74,8 +74,9 @@ class PreActResNet(nn.Module):
     which equals adaptive pooling at 32 px; adaptive pooling lets other image sizes through.
     """
 
-    def __init__(self, num_blocks: tuple[int, int, int, int], *, num_classes: int,
-                 in_channels: int = 3) -> None:
+    def __init__(
+        self, num_blocks: tuple[int, int, int, int], *, num_classes: int, in_channels: int = 3
+    ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_channels, 64)
         self.bn1 = nn.BatchNorm2d(64)
@@ -201,8 +202,15 @@ class _Concat(nn.Module):
 class _ResidualInception(nn.Module):
     """x + scale * conv1x1(concat(branches(x))), then ReLU unless `relu=False`."""
 
-    def __init__(self, channels: int, branches: _Concat, mixed_channels: int, *,
-                 scale: float, relu: bool = True) -> None:
+    def __init__(
+        self,
+        channels: int,
+        branches: _Concat,
+        mixed_channels: int,
+        *,
+        scale: float,
+        relu: bool = True,
+    ) -> None:
         super().__init__()
         self.branches = branches
         self.project = nn.Conv2d(mixed_channels, channels, kernel_size=1)  # with bias
@@ -215,28 +223,51 @@ class _ResidualInception(nn.Module):
 
 
 def _block35(scale: float) -> nn.Module:  # 35x35 grid at 299 px ("Inception-ResNet-A")
-    return _ResidualInception(320, _Concat(
-        _ConvBN(320, 32, 1),
-        nn.Sequential(_ConvBN(320, 32, 1), _ConvBN(32, 32, 3, padding=1)),
-        nn.Sequential(_ConvBN(320, 32, 1), _ConvBN(32, 48, 3, padding=1),
-                      _ConvBN(48, 64, 3, padding=1)),
-    ), 128, scale=scale)
+    return _ResidualInception(
+        320,
+        _Concat(
+            _ConvBN(320, 32, 1),
+            nn.Sequential(_ConvBN(320, 32, 1), _ConvBN(32, 32, 3, padding=1)),
+            nn.Sequential(
+                _ConvBN(320, 32, 1), _ConvBN(32, 48, 3, padding=1), _ConvBN(48, 64, 3, padding=1)
+            ),
+        ),
+        128,
+        scale=scale,
+    )
 
 
 def _block17(scale: float) -> nn.Module:  # 17x17 grid ("Inception-ResNet-B")
-    return _ResidualInception(1088, _Concat(
-        _ConvBN(1088, 192, 1),
-        nn.Sequential(_ConvBN(1088, 128, 1), _ConvBN(128, 160, (1, 7), padding=(0, 3)),
-                      _ConvBN(160, 192, (7, 1), padding=(3, 0))),
-    ), 384, scale=scale)
+    return _ResidualInception(
+        1088,
+        _Concat(
+            _ConvBN(1088, 192, 1),
+            nn.Sequential(
+                _ConvBN(1088, 128, 1),
+                _ConvBN(128, 160, (1, 7), padding=(0, 3)),
+                _ConvBN(160, 192, (7, 1), padding=(3, 0)),
+            ),
+        ),
+        384,
+        scale=scale,
+    )
 
 
 def _block8(scale: float, relu: bool = True) -> nn.Module:  # 8x8 grid ("Inception-ResNet-C")
-    return _ResidualInception(2080, _Concat(
-        _ConvBN(2080, 192, 1),
-        nn.Sequential(_ConvBN(2080, 192, 1), _ConvBN(192, 224, (1, 3), padding=(0, 1)),
-                      _ConvBN(224, 256, (3, 1), padding=(1, 0))),
-    ), 448, scale=scale, relu=relu)
+    return _ResidualInception(
+        2080,
+        _Concat(
+            _ConvBN(2080, 192, 1),
+            nn.Sequential(
+                _ConvBN(2080, 192, 1),
+                _ConvBN(192, 224, (1, 3), padding=(0, 1)),
+                _ConvBN(224, 256, (3, 1), padding=(1, 0)),
+            ),
+        ),
+        448,
+        scale=scale,
+        relu=relu,
+    )
 
 
 def inception_resnet_v2(*, num_classes: int, in_channels: int = 3) -> nn.Module:
@@ -258,22 +289,26 @@ def inception_resnet_v2(*, num_classes: int, in_channels: int = 3) -> nn.Module:
     mixed_5b = _Concat(  # 192 -> 96 + 64 + 96 + 64 = 320
         _ConvBN(192, 96, 1),
         nn.Sequential(_ConvBN(192, 48, 1), _ConvBN(48, 64, 5, padding=2)),
-        nn.Sequential(_ConvBN(192, 64, 1), _ConvBN(64, 96, 3, padding=1),
-                      _ConvBN(96, 96, 3, padding=1)),
-        nn.Sequential(nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False),
-                      _ConvBN(192, 64, 1)),
+        nn.Sequential(
+            _ConvBN(192, 64, 1), _ConvBN(64, 96, 3, padding=1), _ConvBN(96, 96, 3, padding=1)
+        ),
+        nn.Sequential(
+            nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False), _ConvBN(192, 64, 1)
+        ),
     )
     mixed_6a = _Concat(  # 320 -> 384 + 384 + 320 = 1088, stride 2
         _ConvBN(320, 384, 3, stride=2),
-        nn.Sequential(_ConvBN(320, 256, 1), _ConvBN(256, 256, 3, padding=1),
-                      _ConvBN(256, 384, 3, stride=2)),
+        nn.Sequential(
+            _ConvBN(320, 256, 1), _ConvBN(256, 256, 3, padding=1), _ConvBN(256, 384, 3, stride=2)
+        ),
         nn.MaxPool2d(3, stride=2),
     )
     mixed_7a = _Concat(  # 1088 -> 384 + 288 + 320 + 1088 = 2080, stride 2
         nn.Sequential(_ConvBN(1088, 256, 1), _ConvBN(256, 384, 3, stride=2)),
         nn.Sequential(_ConvBN(1088, 256, 1), _ConvBN(256, 288, 3, stride=2)),
-        nn.Sequential(_ConvBN(1088, 256, 1), _ConvBN(256, 288, 3, padding=1),
-                      _ConvBN(288, 320, 3, stride=2)),
+        nn.Sequential(
+            _ConvBN(1088, 256, 1), _ConvBN(256, 288, 3, padding=1), _ConvBN(288, 320, 3, stride=2)
+        ),
         nn.MaxPool2d(3, stride=2),
     )
     return nn.Sequential(
@@ -355,8 +390,7 @@ def _import_factory(path: str) -> Callable[..., nn.Module]:
         module = importlib.import_module(module_name)
     except ImportError as err:
         raise ImportError(
-            f"model {path!r}: cannot import module {module_name!r} "
-            f"({type(err).__name__}: {err})"
+            f"model {path!r}: cannot import module {module_name!r} ({type(err).__name__}: {err})"
         ) from err
     try:
         factory = getattr(module, attr)

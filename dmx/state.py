@@ -8,17 +8,18 @@ the checksum and, when the newest checkpoint is damaged, falls back to the previ
 
 from __future__ import annotations
 
-import hashlib
 import io
+import random
 import re
 import warnings
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from dmx.files import atomic_write_bytes
+from dmx.files import atomic_write_bytes, sha256_bytes
 
 _CKPT_RE = re.compile(r"^ckpt-(\d{4,})\.pt$")
 FORMAT_VERSION = 1
@@ -66,10 +67,6 @@ def checkpoint_path(directory: Path, epoch: int) -> Path:
     return Path(directory) / f"ckpt-{epoch:04d}.pt"
 
 
-def _sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def save_checkpoint(state: TrainState, directory: Path, *, keep: int = 2) -> Path:
     """Write `state` as `directory/ckpt-EPOCH.pt` (+ `.sha256`), keep the newest `keep` files."""
     directory = Path(directory)
@@ -78,7 +75,7 @@ def save_checkpoint(state: TrainState, directory: Path, *, keep: int = 2) -> Pat
     data = buffer.getvalue()
     path = checkpoint_path(directory, state.epoch)
     # The checksum goes first: a checkpoint without its sidecar is treated as incomplete.
-    atomic_write_bytes(path.with_name(path.name + ".sha256"), (_sha256(data) + "\n").encode())
+    atomic_write_bytes(path.with_name(path.name + ".sha256"), (sha256_bytes(data) + "\n").encode())
     atomic_write_bytes(path, data)
     for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
@@ -109,7 +106,7 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
             "completely. Delete it to resume from the previous checkpoint."
         )
     expected = sidecar.read_text().strip()
-    if _sha256(data) != expected:
+    if sha256_bytes(data) != expected:
         raise CheckpointError(
             f"Checkpoint {path} is corrupt (sha256 mismatch: the file was truncated or altered). "
             "Delete it to resume from the previous checkpoint."
@@ -161,6 +158,31 @@ def load_latest_checkpoint(
     return None
 
 
+def rng_state(gen: torch.Generator, np_rng: np.random.Generator) -> dict[str, Any]:
+    """Every random stream of the loop (its CPU generator, the global torch, CUDA, numpy and Python
+    states), as plain tensors and tuples that load weights-only."""
+    state: dict[str, Any] = {
+        "loop": gen.get_state(),
+        "torch": torch.get_rng_state(),
+        "numpy": np_rng.bit_generator.state,
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any], gen: torch.Generator, np_rng: np.random.Generator) -> None:
+    """Restore what `rng_state` captured into `gen`, `np_rng` and the global generators."""
+    gen.set_state(state["loop"])
+    torch.set_rng_state(state["torch"])
+    np_rng.bit_generator.state = state["numpy"]
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
 __all__ = [
     "CheckpointError",
     "TrainState",
@@ -168,5 +190,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_latest_checkpoint",
+    "rng_state",
+    "set_rng_state",
     "save_checkpoint",
 ]

@@ -9,7 +9,7 @@ rates: `--preset cifar100-sym-0.2|0.5|0.8|0.9`.
 See docs/sweeps.md.
 """
 
-from dmx.sweep_cli import main
+from dmx.cli.sweep import main
 
 PRESET = "cifar100-sym-0.5"
 

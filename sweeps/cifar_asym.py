@@ -14,7 +14,7 @@ noisy-validation accuracy, every trial checkpointed and tracked in MLflow.
 See docs/sweeps.md.
 """
 
-from dmx.sweep_cli import main
+from dmx.cli.sweep import main
 
 PRESET = "cifar10-asym-0.4"
 

@@ -9,7 +9,7 @@ The same search and flags as the flagship (sweeps/cifar_asym.py); pick another n
 See docs/sweeps.md.
 """
 
-from dmx.sweep_cli import main
+from dmx.cli.sweep import main
 
 PRESET = "cifar10-sym-0.5"
 

@@ -15,8 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from dmx.data.cifar import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR100_COARSE_CLASSES
-from dmx.noise import CIFAR100_FINE_TO_COARSE
+from dmx.data.cifar import (
+    CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
+    CIFAR100_COARSE_CLASSES,
+    CIFAR100_FINE_TO_COARSE,
+)
 
 
 def class_images(labels: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:

@@ -10,7 +10,7 @@ Cases already proven elsewhere (not repeated here):
   tests/test_labels.py (every built-in dataset has a transition, so there is no CLI-level case)
 - noise rate, p_threshold, T, lambda_u, alpha, lr, epochs, batch size out of range:
   tests/test_config.py; unknown preset / model: tests/test_cli.py, tests/test_models.py
-- a search space with an inverted / empty range at the parser: tests/test_tune.py
+- a search space with an inverted / empty range at the parser: tests/test_sweep.py
 - an unreachable MLflow server at check_tracking_uri: tests/test_tracking.py
 - CUDA asked for without CUDA, NaN loss in fit(), empty labelled / unlabelled sets:
   tests/test_train.py; `dmx train --resume` of a folder without checkpoints: tests/test_cli.py
@@ -33,13 +33,14 @@ import pytest
 from mlflow import MlflowClient
 
 from dmx import tracking
-from dmx import tune as dmx_tune
 from dmx.cli import main as dmx_main
+from dmx.cli.sweep import main as sweep_main
 from dmx.labels import write_noisy_labels
+from dmx.prepare import prepare_data
 from dmx.presets import get_preset
 from dmx.state import list_checkpoints, load_latest_checkpoint
-from dmx.sweep_cli import main as sweep_main
-from dmx.train import fit, prepare_data
+from dmx.sweep import driver as sweep_driver
+from dmx.train import fit
 from tests.fixtures import poisoned_model_source, write_cifar_fixture
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,8 +55,16 @@ def _closed_port() -> int:
 
 def _sweep_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
-        "--data-dir", str(tmp_path / "data"), "--storage-path", str(tmp_path / "results"),
-        "--name", "bad", "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--quiet", *extra,
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--storage-path",
+        str(tmp_path / "results"),
+        "--name",
+        "bad",
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "--quiet",
+        *extra,
     ]
 
 
@@ -119,22 +128,27 @@ def test_local_ray_dashboard_listens_on_localhost_only(monkeypatch):
     seen = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    dmx_tune._init_ray(None)
+    sweep_driver._init_ray(None)
     assert seen.get("dashboard_host") == "127.0.0.1" or seen.get("include_dashboard") is False
 
 
 # ---- data and labels --------------------------------------------------------------------------
 def test_class_absent_from_the_noisy_labels_is_warned_and_trains(tmp_path):
     cfg = get_preset("digits-sym-0.5").with_overrides(
-        {"noise.cache_dir": str(tmp_path / "noise"), "run.epochs": 2,
-         "dividemix.warmup_epochs": 1, "run.device": "cpu"}
+        {
+            "noise.cache_dir": str(tmp_path / "noise"),
+            "run.epochs": 2,
+            "dividemix.warmup_epochs": 1,
+            "run.device": "cpu",
+        }
     )
     noisy = prepare_data(cfg).noisy
     labels = noisy.noisy_labels.copy()
     labels[labels == 3] = 4  # nobody is labelled "3" any more
     path = tmp_path / "no-threes.parquet"
-    write_noisy_labels(path, true_labels=noisy.true_labels, noisy_labels=labels,
-                       params={"mode": "edited"})
+    write_noisy_labels(
+        path, true_labels=noisy.true_labels, noisy_labels=labels, params={"mode": "edited"}
+    )
     with pytest.warns(UserWarning, match=r"Classes \[3\] never occur.*data.subset"):
         state = fit(cfg.with_overrides({"noise.label_file": str(path)}))
     assert state.epoch == 2 and np.isfinite(state.metrics_history[-1]["test_acc"])
@@ -153,8 +167,21 @@ def test_malicious_pickle_in_the_data_folder_is_refused_by_dmx_train(tmp_path, m
     root = write_cifar_fixture(tmp_path / "data", n_train=50, n_test=10)
     target = root / "cifar-10-batches-py" / "data_batch_2"
     target.write_bytes(pickle.dumps({b"data": _Evil(), b"labels": [0]}, protocol=2))
-    code = dmx_main(["train", "--preset", "cifar10-asym-0.4", "--data-dir", str(root), "--out",
-                     str(tmp_path / "run"), "--no-mlflow", "--quiet", "--epochs", "1"])
+    code = dmx_main(
+        [
+            "train",
+            "--preset",
+            "cifar10-asym-0.4",
+            "--data-dir",
+            str(root),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-mlflow",
+            "--quiet",
+            "--epochs",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "data_batch_2" in err and "posix.system" in err, err
     assert not (tmp_path / "PWNED").exists()
@@ -205,15 +232,28 @@ def test_nan_in_a_trial_fails_it_cleanly_and_a_tampered_checkpoint_is_refused_on
 ):
     monkeypatch.chdir(tmp_path)
     root = write_cifar_fixture(tmp_path / "data", n_train=200, n_test=50)
-    cfg = get_preset("cifar10-asym-0.4").with_overrides({
-        "data.root": str(root), "noise.cache_dir": str(root / "noise"),
-        "model.name": "nanmodels:make", "run.epochs": 3, "dividemix.warmup_epochs": 1,
-        "optim.batch_size": 32, "optim.warmup_batch_size": 64, "run.device": "cpu",
-    })
+    cfg = get_preset("cifar10-asym-0.4").with_overrides(
+        {
+            "data.root": str(root),
+            "noise.cache_dir": str(root / "noise"),
+            "model.name": "nanmodels:make",
+            "run.epochs": 3,
+            "dividemix.warmup_epochs": 1,
+            "optim.batch_size": 32,
+            "optim.warmup_batch_size": 64,
+            "run.device": "cpu",
+        }
+    )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = dmx_tune.run_sweep(
-        cfg, name="nan", storage_path=tmp_path / "results", num_samples=1, max_failures=1,
-        grace_period=100, mlflow_uri=uri, verbose=0,
+    result = sweep_driver.run_sweep(
+        cfg,
+        name="nan",
+        storage_path=tmp_path / "results",
+        num_samples=1,
+        max_failures=1,
+        grace_period=100,
+        mlflow_uri=uri,
+        verbose=0,
     )
     assert result.num_errors == 1
     # Tune granted a retry; it failed at once (the NaN is deterministic) without building or
@@ -225,8 +265,11 @@ def test_nan_in_a_trial_fails_it_cleanly_and_a_tampered_checkpoint_is_refused_on
     # The error names the epoch and the loss term; MLflow says FAILED with that reason.
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("nan")
-    (run,) = [r for r in client.search_runs([exp.experiment_id])
-              if r.data.tags.get(tracking.ROLE_TAG) == "trial"]
+    (run,) = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get(tracking.ROLE_TAG) == "trial"
+    ]
     reason = run.data.tags["dmx.failure_reason"]
     assert run.info.status == "FAILED", run.info.status
     assert "Non-finite loss at epoch 1" in reason and "Lx=nan" in reason, reason
@@ -242,17 +285,20 @@ def test_nan_in_a_trial_fails_it_cleanly_and_a_tampered_checkpoint_is_refused_on
     # resumes the sweep: the trial refuses it, nothing runs, the run ends FAILED saying why.
     (ckpt,) = ckpt_dir.glob("ckpt-*.pt")
     _plant_evil_checkpoint(ckpt)
-    resumed = dmx_tune.resume_sweep(tmp_path / "results" / "nan")
+    resumed = sweep_driver.resume_sweep(tmp_path / "results" / "nan")
     assert resumed.num_errors == 1
     assert not list(tmp_path.rglob("PWNED")) and not list(Path("/tmp").glob("ray/**/PWNED"))
     run = client.get_run(run.info.run_id)
     assert run.info.status == "FAILED"
     reason = run.data.tags["dmx.failure_reason"]
     assert "refused" in reason and "nothing from it was run" in reason, reason
-    parents = [r for r in client.search_runs([exp.experiment_id])
-               if r.data.tags.get(tracking.ROLE_TAG) == "sweep"]
+    parents = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get(tracking.ROLE_TAG) == "sweep"
+    ]
     assert all(r.info.status != "RUNNING" for r in parents)
-    spec = json.loads((tmp_path / "results" / "nan" / dmx_tune.SPEC_FILE).read_text())
+    spec = json.loads((tmp_path / "results" / "nan" / sweep_driver.SPEC_FILE).read_text())
     assert spec["name"] == "nan"
 
 
@@ -263,11 +309,28 @@ def test_nan_in_dmx_train_ends_its_mlflow_run_failed_with_the_reason(tmp_path, m
     monkeypatch.syspath_prepend(str(tmp_path / "mods"))
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     run_dir = tmp_path / "run"
-    code = dmx_main(["train", "--preset", "digits-sym-0.5", "--model", "nandigits:make",
-                     "--epochs", "3", "--set", "dividemix.warmup_epochs=1",
-                     "--set", "optim.warmup_batch_size=2000",
-                     "--set", f"noise.cache_dir={tmp_path / 'noise'}", "--out", str(run_dir),
-                     "--mlflow-uri", uri, "--quiet"])
+    code = dmx_main(
+        [
+            "train",
+            "--preset",
+            "digits-sym-0.5",
+            "--model",
+            "nandigits:make",
+            "--epochs",
+            "3",
+            "--set",
+            "dividemix.warmup_epochs=1",
+            "--set",
+            "optim.warmup_batch_size=2000",
+            "--set",
+            f"noise.cache_dir={tmp_path / 'noise'}",
+            "--out",
+            str(run_dir),
+            "--mlflow-uri",
+            uri,
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Non-finite loss at epoch 1" in err and "Lower optim.lr" in err, err
     assert load_latest_checkpoint(run_dir / "checkpoints").epoch == 1  # epoch 0, intact

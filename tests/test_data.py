@@ -1,16 +1,29 @@
-"""dmx.data: CIFAR/digits loaders, the restricted unpickler, and the shared CIFAR fixture."""
+"""dmx.data: CIFAR/digits loaders, the restricted unpickler, CIFAR-N files, the CIFAR fixture."""
 
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from dmx.data import DATASETS, ImageDataset, load_dataset
-from dmx.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, DownloadError
+from dmx.data.cifar import (
+    CIFAR10_MEAN,
+    CIFAR10_STD,
+    CIFAR10_TRANSITION,
+    CIFAR100_FINE_TO_COARSE,
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    DownloadError,
+    cifar100_transition,
+)
+from dmx.data.cifar_n import load_human_labels
 from dmx.data.safe_pickle import CorruptPickleError, UnsafePickleError, load_pickle
-from dmx.noise import CIFAR10_TRANSITION, CIFAR100_FINE_TO_COARSE, cifar100_transition
+from dmx.noise import noise_rate
 from tests.fixtures import write_cifar_fixture
+
+CIFAR_N = Path("/work/shared/data/cifar-n/CIFAR-10_human.pt")
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +208,62 @@ def test_failed_download_names_the_url_and_the_offline_fix(tmp_path, monkeypatch
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setattr(tvd.CIFAR10, "url", f"http://127.0.0.1:{port}/cifar-10-python.tar.gz")
-    with pytest.raises(DownloadError, match=r"Could not download CIFAR-10 from http://127\.0\.0\.1"
-                       r".*extract it so that .*cifar-10-batches-py.*without --download"):
+    with pytest.raises(
+        DownloadError,
+        match=r"Could not download CIFAR-10 from http://127\.0\.0\.1"
+        r".*extract it so that .*cifar-10-batches-py.*without --download",
+    ):
         load_dataset("cifar10", tmp_path / "data", download=True)
+
+
+# --- CIFAR facts: the asymmetric transition, the CIFAR-N human label files ------------------
+
+
+def test_cifar100_transition_is_a_cycle_within_each_superclass():
+    t = cifar100_transition()
+    assert sorted(t.tolist()) == list(range(100))  # a permutation
+    assert np.all(t != np.arange(100))  # every class moves
+    assert np.array_equal(CIFAR100_FINE_TO_COARSE[t], CIFAR100_FINE_TO_COARSE)
+    assert np.bincount(CIFAR100_FINE_TO_COARSE).tolist() == [5] * 20
+    # fruit_and_vegetables (coarse 4) = apple 0, mushroom 51, orange 53, pear 57, sweet_pepper 83
+    assert [t[0], t[51], t[53], t[57], t[83]] == [51, 53, 57, 83, 0]
+
+
+def test_load_human_labels_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="human_file"):
+        load_human_labels(tmp_path / "nope.pt", key="aggre_label")
+
+
+def test_load_human_labels_refuses_code(tmp_path):
+    import torch
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"aggre_label": Evil()}, path)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_human_labels(path, key="aggre_label")
+
+
+def test_load_human_labels_numpy_file(tmp_path):
+    import torch
+
+    path = tmp_path / "h.pt"
+    torch.save({"clean_label": np.arange(5), "aggre_label": np.array([0, 1, 2, 3, 3])}, path)
+    assert load_human_labels(path, key="aggre_label").tolist() == [0, 1, 2, 3, 3]
+    with pytest.raises(ValueError, match="available keys.*aggre_label"):
+        load_human_labels(path, key="worse")
+
+
+@pytest.mark.skipif(not CIFAR_N.is_file(), reason="CIFAR-10N file not available")
+def test_cifar10n_measured_rates():
+    clean = load_human_labels(CIFAR_N, key="clean_label")
+    assert len(clean) == 50000
+    assert noise_rate(clean, load_human_labels(CIFAR_N, key="aggre_label")) == pytest.approx(
+        0.090, abs=0.001
+    )
+    assert noise_rate(clean, load_human_labels(CIFAR_N, key="worse_label")) == pytest.approx(
+        0.402, abs=0.001
+    )

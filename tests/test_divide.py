@@ -1,4 +1,4 @@
-"""dmx.divide: normalisation, loss history, GMM clean probability, co-divide."""
+"""dmx.divide: normalisation, loss history, GMM fit and clean probability, co-divide."""
 
 import warnings
 
@@ -7,7 +7,15 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture
 
-from dmx.divide import clean_probability, co_divide, history_input, normalize_losses
+from dmx.divide import (
+    GMMFit,
+    as_numpy,
+    clean_probability,
+    co_divide,
+    fit_gmm,
+    history_input,
+    normalize_losses,
+)
 
 
 def _bimodal(seed=0):
@@ -132,6 +140,57 @@ def test_clean_probability_two_distinct_values_does_not_crash():
 def test_clean_probability_rejects_non_finite():
     with pytest.raises(ValueError, match="non-finite"):
         clean_probability(np.array([0.1, np.nan, 0.9]), seed=0)
+
+
+# --- fit_gmm ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_fit_gmm_clean_prob_is_clean_probability(seed):
+    x = _bimodal(seed=seed)
+    fit = fit_gmm(x, seed=seed, max_iter=5, tol=1e-3, reg_covar=1e-4)
+    assert isinstance(fit, GMMFit)
+    np.testing.assert_array_equal(
+        fit.clean_prob, clean_probability(x, seed=seed, max_iter=5, tol=1e-3, reg_covar=1e-4)
+    )
+
+
+def test_fit_gmm_parameters_are_sorted_and_match_sklearn():
+    x = _bimodal(seed=3)
+    fit = fit_gmm(x, seed=7)
+    gmm = GaussianMixture(n_components=2, max_iter=10, tol=1e-2, reg_covar=5e-4, random_state=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gmm.fit(x.reshape(-1, 1))
+    order = np.argsort(gmm.means_.ravel())
+    for values in (fit.means, fit.stds, fit.weights):
+        assert values.shape == (2,) and values.dtype == np.float64
+    np.testing.assert_array_equal(fit.means, gmm.means_.ravel()[order])
+    np.testing.assert_array_equal(fit.stds, np.sqrt(gmm.covariances_.ravel())[order])
+    np.testing.assert_array_equal(fit.weights, gmm.weights_[order])
+    assert fit.means[0] < fit.means[1]  # clean (lower-mean) component first
+    assert fit.weights.sum() == pytest.approx(1.0)
+    # 80 clean losses near 0.1, 20 noisy near 0.9, spread 0.03
+    np.testing.assert_allclose(fit.means, [0.1, 0.9], atol=0.02)
+    np.testing.assert_allclose(fit.weights, [0.8, 0.2], atol=0.01)
+    np.testing.assert_allclose(fit.stds, [0.03, 0.03], atol=0.015)
+
+
+@pytest.mark.parametrize("losses", [[], [0.3], [0.5] * 6])
+def test_fit_gmm_degenerate_is_one_point_mass(losses):
+    fit = fit_gmm(np.array(losses, dtype=np.float64), seed=0)
+    np.testing.assert_array_equal(fit.clean_prob, np.ones(len(losses)))
+    np.testing.assert_array_equal(fit.weights, [1.0, 0.0])
+    np.testing.assert_array_equal(fit.stds, [0.0, 0.0])
+    expected_mean = losses[0] if losses else np.nan
+    np.testing.assert_array_equal(fit.means, [expected_mean, expected_mean])
+
+
+def test_as_numpy_converts_tensors_and_keeps_arrays():
+    x = np.arange(3.0)
+    assert as_numpy(x) is x
+    out = as_numpy(torch.tensor([1.0, 2.0], dtype=torch.bfloat16, requires_grad=True))
+    assert out.dtype == np.float32 and out.tolist() == [1.0, 2.0]
 
 
 # --- co_divide -------------------------------------------------------------------------------

@@ -37,7 +37,10 @@ def _driver(args: list[str], *, marker: str, log: Path) -> subprocess.Popen:
     env = {**os.environ, "DMX_TEST_MARKER": marker, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, str(REPO / "sweeps" / "cifar_asym.py"), *args],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
     )
 
 
@@ -82,11 +85,31 @@ def test_killed_driver_resumes_the_searcher_and_each_trial_from_its_checkpoint(t
     results, uri = tmp_path / "results", f"sqlite:///{tmp_path}/mlflow.db"
     common = ["--storage-path", str(results), "--name", "driver", "--mlflow-uri", uri, "--quiet"]
     first = [
-        "--data-dir", str(root), "--model", "small_cnn", "--epochs", str(EPOCHS),
-        "--set", "dividemix.warmup_epochs=1", "--set", "optim.batch_size=32",
-        "--set", "optim.warmup_batch_size=64", "--set", "run.device=cpu",
-        "--num-samples", str(SAMPLES), "--max-concurrent", "2", "--cpus-per-trial", "1",
-        "--grace-period", "10", "--seed", "3", *common,
+        "--data-dir",
+        str(root),
+        "--model",
+        "small_cnn",
+        "--epochs",
+        str(EPOCHS),
+        "--set",
+        "dividemix.warmup_epochs=1",
+        "--set",
+        "optim.batch_size=32",
+        "--set",
+        "optim.warmup_batch_size=64",
+        "--set",
+        "run.device=cpu",
+        "--num-samples",
+        str(SAMPLES),
+        "--max-concurrent",
+        "2",
+        "--cpus-per-trial",
+        "1",
+        "--grace-period",
+        "10",
+        "--seed",
+        "3",
+        *common,
     ]
     marker = uuid.uuid4().hex
     sweep_dir = results / "driver"
@@ -168,6 +191,8 @@ def test_killed_driver_resumes_the_searcher_and_each_trial_from_its_checkpoint(t
         if epochs_done < EPOCHS:
             run = runs[name.removeprefix("trial_")]
             assert int(run.data.tags["dmx.restored_from_epoch"]) == epochs_done
-    print(f"\ndriver kill: killed after {killed_at:.0f} s with {trials_before} trial(s) started, "
-          f"checkpoints {had}; after --resume {SAMPLES} distinct trials, epochs re-run 0, "
-          f"total {total:.0f} s")
+    print(
+        f"\ndriver kill: killed after {killed_at:.0f} s with {trials_before} trial(s) started, "
+        f"checkpoints {had}; after --resume {SAMPLES} distinct trials, epochs re-run 0, "
+        f"total {total:.0f} s"
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from dmx import tune as dmx_tune
+from dmx import sweep as dmx_sweep
 from dmx.state import load_latest_checkpoint
 from tests.fixtures import write_cifar_fixture
 from tests.test_fault_trial_kill import (
@@ -52,8 +52,11 @@ def cluster(tmp_path, monkeypatch):
     c = Cluster(
         initialize_head=True,
         connect=False,
-        head_node_args={"num_cpus": 0, "include_dashboard": False,
-                        "_system_config": FAST_FAILURE_DETECTION},
+        head_node_args={
+            "num_cpus": 0,
+            "include_dashboard": False,
+            "_system_config": FAST_FAILURE_DETECTION,
+        },
     )
     try:
         for _ in range(2):
@@ -74,14 +77,27 @@ def test_trial_survives_the_loss_of_its_node(tmp_path, cluster):
     pid_file = tmp_path / "pids.jsonl"
     sweep_dir = tmp_path / "results" / "nodeloss"
     start = time.perf_counter()
-    thread, out = run_in_thread(lambda: dmx_tune.run_sweep(
-        fault_config(root), name="nodeloss", storage_path=tmp_path / "results", num_samples=1,
-        max_concurrent=1, cpus_per_trial=1, grace_period=100, max_failures=2,
-        mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", verbose=0,
-    ))
+    thread, out = run_in_thread(
+        lambda: dmx_sweep.run_sweep(
+            fault_config(root),
+            name="nodeloss",
+            storage_path=tmp_path / "results",
+            num_samples=1,
+            max_concurrent=1,
+            cpus_per_trial=1,
+            grace_period=100,
+            max_failures=2,
+            mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
+            verbose=0,
+        )
+    )
     # After the trial's first checkpoint, take its node away mid-epoch.
-    wait_for(lambda: len(results(sweep_dir)) >= 1, timeout=300, what="the first checkpoint",
-             alive=thread.is_alive)
+    wait_for(
+        lambda: len(results(sweep_dir)) >= 1,
+        timeout=300,
+        what="the first checkpoint",
+        alive=thread.is_alive,
+    )
     time.sleep(0.5)
     lost_after = int(results(sweep_dir)[-1]["epoch"])
     lost_node = attempts(pid_file)[-1]["node"]
@@ -101,10 +117,12 @@ def test_trial_survives_the_loss_of_its_node(tmp_path, cluster):
     started = restarts(rows)
     assert started and started[0] >= lost_after + 1 >= 1, (started, lost_after)
     recovery = next(r for r in rows if r in current_attempt(rows))
-    print(f"\nnode loss: node lost after epoch {lost_after}, trial resumed at epoch {started[0]} "
-          f"on another node, epochs re-run {len(rows) - EPOCHS}, "
-          f"{time.perf_counter() - removed_at:.0f} s from node loss to the end of the trial, "
-          f"total {time.perf_counter() - start:.0f} s (first restored epoch {recovery['epoch']})")
+    print(
+        f"\nnode loss: node lost after epoch {lost_after}, trial resumed at epoch {started[0]} "
+        f"on another node, epochs re-run {len(rows) - EPOCHS}, "
+        f"{time.perf_counter() - removed_at:.0f} s from node loss to the end of the trial, "
+        f"total {time.perf_counter() - start:.0f} s (first restored epoch {recovery['epoch']})"
+    )
 
     trial_dir = next(sweep_dir.glob("trial_*"))
     state = load_latest_checkpoint(sorted(trial_dir.glob("checkpoint_*"))[-1])

@@ -22,12 +22,13 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from dmx import sweep as dmx_sweep
 from dmx import tracking
-from dmx import tune as dmx_tune
 from dmx.config import Config
 from dmx.models import create_model
 from dmx.presets import get_preset
 from dmx.state import load_latest_checkpoint
+from dmx.sweep.spec import SPEC_FILE
 from dmx.train import fit
 from tests.fixtures import write_cifar_fixture
 
@@ -55,17 +56,19 @@ def recorded_small_cnn(num_classes: int, in_channels: int = 3):
 
 def fault_config(root: Path) -> Config:
     """cifar10-asym-0.4 at test scale, deterministic on the CPU."""
-    return get_preset("cifar10-asym-0.4").with_overrides({
-        "data.root": str(root),
-        "noise.cache_dir": str(root / "noise"),
-        "model.name": "tests.test_fault_trial_kill:recorded_small_cnn",
-        "run.epochs": EPOCHS,
-        "dividemix.warmup_epochs": 1,
-        "optim.batch_size": 32,
-        "optim.warmup_batch_size": 64,
-        "run.device": "cpu",
-        "run.deterministic": True,
-    })
+    return get_preset("cifar10-asym-0.4").with_overrides(
+        {
+            "data.root": str(root),
+            "noise.cache_dir": str(root / "noise"),
+            "model.name": "tests.test_fault_trial_kill:recorded_small_cnn",
+            "run.epochs": EPOCHS,
+            "dividemix.warmup_epochs": 1,
+            "optim.batch_size": 32,
+            "optim.warmup_batch_size": 64,
+            "run.device": "cpu",
+            "run.deterministic": True,
+        }
+    )
 
 
 # ---- helpers shared with the node-loss test --------------------------------------------------
@@ -113,7 +116,7 @@ def restarts(rows: list[dict]) -> list[int]:
 def current_attempt(rows: list[dict]) -> list[dict]:
     """The rows reported by the latest attempt."""
     starts = [i for i, r in enumerate(rows) if r.get("iterations_since_restore") == 1]
-    return rows[starts[-1]:] if starts else []
+    return rows[starts[-1] :] if starts else []
 
 
 def reference_state(cfg: Config):
@@ -128,7 +131,7 @@ def reference_state(cfg: Config):
 
 
 def assert_identical_to_reference(sweep_dir: Path, state) -> None:
-    spec = json.loads((sweep_dir / dmx_tune.SPEC_FILE).read_text())
+    spec = json.loads((sweep_dir / SPEC_FILE).read_text())
     trial_config = results(sweep_dir)[-1]["config"]
     cfg = Config.from_flat({**spec["base_config"], **trial_config})
     ref = reference_state(cfg)
@@ -194,10 +197,17 @@ def finished_sweep(thread: threading.Thread, out: dict):
 
 
 def _sweep(tmp_path: Path, root: Path, name: str, max_failures: int):
-    return dmx_tune.run_sweep(
-        fault_config(root), name=name, storage_path=tmp_path / "results", num_samples=1,
-        max_concurrent=1, cpus_per_trial=1, grace_period=100, max_failures=max_failures,
-        mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", verbose=0,
+    return dmx_sweep.run_sweep(
+        fault_config(root),
+        name=name,
+        storage_path=tmp_path / "results",
+        num_samples=1,
+        max_concurrent=1,
+        cpus_per_trial=1,
+        grace_period=100,
+        max_failures=max_failures,
+        mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
+        verbose=0,
     )
 
 
@@ -217,15 +227,22 @@ def test_trial_killed_twice_resumes_from_its_last_checkpoint(tmp_path, sweep_env
     killed_after = []  # the last epoch the driver had recorded when each kill was sent
     # Kill 1: after the first checkpoint. Kill 2: after the restored attempt's first epoch.
     for n_attempt, since_restore in ((1, 1), (2, 1)):
-        wait_for(lambda n=n_attempt: len(attempts(pid_file)) >= n, timeout=300,
-                 what=f"attempt {n_attempt}", alive=alive)
+        wait_for(
+            lambda n=n_attempt: len(attempts(pid_file)) >= n,
+            timeout=300,
+            what=f"attempt {n_attempt}",
+            alive=alive,
+        )
+
         def ready(n_attempt=n_attempt, since_restore=since_restore):
             rows = results(sweep_dir)
-            return (len(restarts(rows)) == n_attempt - 1
-                    and len(current_attempt(rows)) >= since_restore)
+            return (
+                len(restarts(rows)) == n_attempt - 1 and len(current_attempt(rows)) >= since_restore
+            )
 
-        wait_for(ready, timeout=300, what=f"{since_restore} epochs of attempt {n_attempt}",
-                 alive=alive)
+        wait_for(
+            ready, timeout=300, what=f"{since_restore} epochs of attempt {n_attempt}", alive=alive
+        )
         time.sleep(0.05)  # into the next epoch (it starts right after the report): a mid-epoch kill
         killed_after.append(int(results(sweep_dir)[-1]["epoch"]))
         _kill(attempts(pid_file)[-1]["pid"])
@@ -245,8 +262,10 @@ def test_trial_killed_twice_resumes_from_its_last_checkpoint(tmp_path, sweep_env
     epochs = [int(r["epoch"]) for r in rows]
     rerun = len(epochs) - EPOCHS
     assert sorted(set(epochs)) == list(range(EPOCHS))
-    print(f"\ntrial kill: kills after epochs {killed_after}, restarts at {started}, "
-          f"epochs re-run {rerun}, retries {len(pids) - 1}, {elapsed:.0f} s")
+    print(
+        f"\ntrial kill: kills after epochs {killed_after}, restarts at {started}, "
+        f"epochs re-run {rerun}, retries {len(pids) - 1}, {elapsed:.0f} s"
+    )
 
     # The final checkpoint is the uninterrupted run, bit for bit.
     trial_dir = next(sweep_dir.glob("trial_*"))
@@ -256,8 +275,11 @@ def test_trial_killed_twice_resumes_from_its_last_checkpoint(tmp_path, sweep_env
     # MLflow: one trial run, FINISHED, each epoch logged once, restore recorded.
     client = MlflowClient(result.tracking_uri)
     exp = client.get_experiment_by_name("killed")
-    runs = [r for r in client.search_runs([exp.experiment_id])
-            if r.data.tags.get(tracking.ROLE_TAG) == "trial"]
+    runs = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get(tracking.ROLE_TAG) == "trial"
+    ]
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_acc")]
     assert sorted(steps) == list(range(EPOCHS))
@@ -271,8 +293,12 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, swee
     root, pid_file = sweep_env
     sweep_dir = tmp_path / "results" / "corrupt"
     thread, out = run_in_thread(lambda: _sweep(tmp_path, root, "corrupt", max_failures=1))
-    wait_for(lambda: len(results(sweep_dir)) >= 2, timeout=300, what="2 reported epochs",
-             alive=thread.is_alive)
+    wait_for(
+        lambda: len(results(sweep_dir)) >= 2,
+        timeout=300,
+        what="2 reported epochs",
+        alive=thread.is_alive,
+    )
     pid = attempts(pid_file)[-1]["pid"]
     os.kill(pid, signal.SIGSTOP)  # freeze the worker: the driver's latest checkpoint stays put
     try:

@@ -1,5 +1,5 @@
-"""dmx.label_issues: ranking on synthetic arrays, metrics, the run-dir loader and CLI, and a real
-seeded noisy digits run."""
+"""dmx.label_issues: ranking on synthetic arrays, metrics; dmx.cli.label_issues: the run-dir
+loader and CLI; and a real seeded noisy digits run."""
 
 from __future__ import annotations
 
@@ -9,17 +9,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dmx.cli.label_issues import add_cli, load_clean_probs, run_label_issues
 from dmx.label_issues import (
-    add_cli,
     average_precision,
     find_label_issues,
     label_issue_scores,
     label_issue_table,
-    load_clean_probs,
     precision_at_k,
     rank_by_score,
     recall_at_k,
-    run_label_issues,
     summarize_ranking,
 )
 
@@ -160,6 +158,7 @@ def test_run_dir_loader_and_cli(tmp_path, capsys):
 def test_seeded_noisy_digits_run_ranks_flipped_labels_first(tmp_path):
     train = pytest.importorskip("dmx.train")
     from dmx.presets import get_preset
+    from dmx.reporting import RunDirReporter
 
     cfg = get_preset("digits-sym-0.5").with_overrides(
         {
@@ -169,7 +168,8 @@ def test_seeded_noisy_digits_run_ranks_flipped_labels_first(tmp_path):
             "noise.cache_dir": str(tmp_path),
         }
     )
-    train.fit(cfg, run_dir=tmp_path / "run")
+    run_dir = RunDirReporter(tmp_path / "run", keep_checkpoints=cfg.run.keep_checkpoints)
+    train.fit(cfg, reporter=run_dir)
     table, summary, _ = run_label_issues(tmp_path / "run", out=tmp_path / "issues")
     k = summary["num_wrong"]
     print(summary)

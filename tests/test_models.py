@@ -127,7 +127,7 @@ def test_resnet50_pretrained_needs_three_channels():
 
 # --------------------------------------------------------------------------- import paths
 
-FACTORIES = '''
+FACTORIES = """
 from torch import nn
 
 def make_tiny(num_classes):
@@ -146,7 +146,7 @@ def make_not_a_module(num_classes):
     return "definitely not a network"
 
 NOT_CALLABLE = 3
-'''
+"""
 
 
 @pytest.fixture

@@ -21,7 +21,10 @@ def test_resolve_tracking_uri_is_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking.resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
-    assert tracking.resolve_tracking_uri("sqlite:///sub/x.db") == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    assert (
+        tracking.resolve_tracking_uri("sqlite:///sub/x.db")
+        == f"sqlite:///{tmp_path.resolve()}/sub/x.db"
+    )
     assert tracking.resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
     assert tracking.resolve_tracking_uri("http://host:5000") == "http://host:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
@@ -65,8 +68,12 @@ def test_trial_run_is_resumed_without_duplicate_steps(uri):
     assert written == [0, 0, 2, 2]
     # By the id stored in the TrainState, even without the tag lookup:
     by_id = tracking.start_trial_run(
-        uri, parent.experiment_id, trial_id="t_00000", parent_run_id=parent.run_id,
-        flat_config=flat, run_id=first.run_id,
+        uri,
+        parent.experiment_id,
+        trial_id="t_00000",
+        parent_run_id=parent.run_id,
+        flat_config=flat,
+        run_id=first.run_id,
     )
     assert by_id.run_id == first.run_id
 
@@ -97,18 +104,25 @@ def test_train_reporter_resumes_by_run_dir_and_state(uri, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(cfg.to_json())
+    (run_dir / "labels.parquet").write_bytes(b"PAR1")
+    data = SimpleNamespace(noisy=SimpleNamespace(path=run_dir / "labels.parquet"))
     state = SimpleNamespace(mlflow_run_id="")
     rep = tracking.train_reporter(cfg, run_dir=run_dir, tracking_uri=uri, state=None)
-    rep(0, {"test_acc": 10.0}, state)
+    rep.start(cfg, data, state)
     assert state.mlflow_run_id == rep.run_id
+    rep.epoch_end(0, {"test_acc": 10.0}, state)
     rep.fail(KeyboardInterrupt())
 
     # --resume before the state carried the id (found by the run-dir tag), then with it.
-    resumed = tracking.train_reporter(cfg.with_overrides({"run.epochs": 5}), run_dir=run_dir,
-                                      tracking_uri=uri, state=SimpleNamespace(mlflow_run_id=""))
+    resumed = tracking.train_reporter(
+        cfg.with_overrides({"run.epochs": 5}),
+        run_dir=run_dir,
+        tracking_uri=uri,
+        state=SimpleNamespace(mlflow_run_id=""),
+    )
     assert resumed.run_id == rep.run_id
-    resumed(0, {"test_acc": 99.0}, state)  # already logged: skipped
-    resumed(1, {"test_acc": 20.0}, state)
+    resumed.epoch_end(0, {"test_acc": 99.0}, state)  # already logged: skipped
+    resumed.epoch_end(1, {"test_acc": 20.0}, state)
     resumed.finish(state)
 
     client = MlflowClient(uri)
@@ -117,10 +131,11 @@ def test_train_reporter_resumes_by_run_dir_and_state(uri, tmp_path):
     assert run.data.tags["dmx.role"] == "train" and run.data.tags["dmx.preset"] == "p"
     assert run.data.tags["dmx.resumed_with.run.epochs"] == "5"
     assert [(m.step, m.value) for m in client.get_metric_history(rep.run_id, "test_acc")] == [
-        (0, 10.0), (1, 20.0)
+        (0, 10.0),
+        (1, 20.0),
     ]
     names = {a.path for a in client.list_artifacts(rep.run_id)}
-    assert "config.json" in names
+    assert {"config.json", "noisy_labels.parquet"} <= names
 
     other = tracking.train_reporter(cfg, run_dir=tmp_path / "other", tracking_uri=uri)
     assert other.run_id != rep.run_id

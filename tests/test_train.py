@@ -11,18 +11,20 @@ import torch
 
 from dmx.cli import main as dmx_main
 from dmx.config import Config
+from dmx.prepare import prepare_data
 from dmx.presets import get_preset
+from dmx.reporting import EpochCallback, Reporters, RunDirReporter
+from dmx.samples import sample_report_from_checkpoint
 from dmx.state import list_checkpoints, load_latest_checkpoint
-from dmx.train import (
-    NonFiniteLossError,
-    fit,
-    learning_rate,
-    prepare_data,
-    sample_report_from_checkpoint,
-)
+from dmx.train import NonFiniteLossError, fit, learning_rate
 from tests.fixtures import poisoned_model_source
 
 TIMING = {"epoch_seconds", "images_per_second"}
+
+
+def to_dir(run_dir, cfg, *more) -> Reporters:
+    """The reporters of `dmx train --out run_dir` (without MLflow), plus `more`."""
+    return Reporters(RunDirReporter(run_dir, keep_checkpoints=cfg.run.keep_checkpoints), *more)
 
 
 def small_cfg(root, **overrides) -> Config:
@@ -46,7 +48,8 @@ def test_fit_runs_both_phases_and_writes_the_run_dir(cifar10_root, tmp_path):
     cfg = small_cfg(cifar10_root)
     run_dir = tmp_path / "run"
     seen = []
-    state = fit(cfg, run_dir=run_dir, report=lambda e, m, s: seen.append((e, dict(m), s.epoch)))
+    record = EpochCallback(lambda e, m, s: seen.append((e, dict(m), s.epoch)))
+    state = fit(cfg, reporter=to_dir(run_dir, cfg, record))
     assert [e for e, _, _ in seen] == [0, 1, 2]
     assert [s for _, _, s in seen] == [1, 2, 3]  # state.epoch = completed epochs at report time
     warm, dm = seen[0][1], seen[2][1]
@@ -109,12 +112,13 @@ def test_resume_is_bit_identical(cifar10_root, tmp_path):
     # Cut after warmup + one DivideMix epoch: the resumed epoch needs the loss history, both
     # optimisers' momentum and every RNG stream of the checkpoint to come out identical.
     cfg = small_cfg(cifar10_root, **{"run.epochs": 3})
-    full = fit(cfg, run_dir=tmp_path / "full")
+    full = fit(cfg, reporter=to_dir(tmp_path / "full", cfg))
 
-    fit(cfg.with_overrides({"run.epochs": 2}), run_dir=tmp_path / "cut")  # "killed" after epoch 2
+    cut = cfg.with_overrides({"run.epochs": 2})
+    fit(cut, reporter=to_dir(tmp_path / "cut", cut))  # "killed" after epoch 2
     state = load_latest_checkpoint(tmp_path / "cut" / "checkpoints")
     assert state.epoch == 2
-    resumed = fit(cfg, state=state, run_dir=tmp_path / "cut")
+    resumed = fit(cfg, state=state, reporter=to_dir(tmp_path / "cut", cfg))
 
     assert resumed.epoch == full.epoch == 3
     for name in ("net1", "net2"):
@@ -159,7 +163,7 @@ def test_non_finite_loss_stops_with_the_epoch_and_keeps_the_checkpoint(
     cfg = small_cfg(cifar10_root, **{"model.name": "nanmodels:make", "run.epochs": 3})
     run_dir = tmp_path / "run"
     with pytest.raises(NonFiniteLossError, match="epoch 1"):
-        fit(cfg, run_dir=run_dir)
+        fit(cfg, reporter=to_dir(run_dir, cfg))
     state = load_latest_checkpoint(run_dir / "checkpoints")
     assert state.epoch == 1  # epoch 0's checkpoint, intact
 

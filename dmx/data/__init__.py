@@ -114,9 +114,7 @@ def load_dataset(name: str, root: str | Path, *, download: bool = False) -> Imag
     try:
         loader = DATASETS[name]
     except KeyError:
-        raise ValueError(
-            f"unknown dataset {name!r}: choose one of {sorted(DATASETS)}."
-        ) from None
+        raise ValueError(f"unknown dataset {name!r}: choose one of {sorted(DATASETS)}.") from None
     return loader(root, download=download)
 
 

@@ -49,9 +49,7 @@ def random_crop_flip(
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def normalize(
-    images_u8: torch.Tensor, mean: Sequence[float], std: Sequence[float]
-) -> torch.Tensor:
+def normalize(images_u8: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """(B, C, H, W) uint8 -> (B, C, H, W) float32 `(x / 255 - mean) / std`, per channel."""
     c = images_u8.shape[1]
     if len(mean) != c or len(std) != c:

@@ -8,6 +8,10 @@ or ROOT itself being that folder (torchvision users sometimes point at it direct
 The pickles are read through `dmx.data.safe_pickle` (no code execution). torchvision is used only
 to download and extract when `download=True`; its integrity check is never run on existing files
 (locally rebuilt copies have different checksums).
+
+The asymmetric-noise class transitions are facts about these datasets, so they live here too and
+travel with each loaded dataset as `ImageDataset.asym_transition` (`dmx.noise.asymmetric_noise`
+takes the transition as an argument).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import torch
 
 from dmx.data import ImageDataset
 from dmx.data.safe_pickle import load_pickle
-from dmx.noise import CIFAR10_TRANSITION, CIFAR100_FINE_TO_COARSE, cifar100_transition
 
 # Normalisation constants exactly as the DivideMix reference (dataloader_cifar.py).
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -56,6 +59,41 @@ CIFAR100_COARSE_CLASSES = (
     "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates", "people",
     "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
 )  # fmt: skip
+
+
+# Asymmetric noise of the reference (dataloader_cifar.py), class -> class.
+# CIFAR-10 classes: 0 airplane, 1 automobile, 2 bird, 3 cat, 4 deer, 5 dog, 6 frog, 7 horse,
+# 8 ship, 9 truck. Reference: truck->automobile, bird->airplane, deer->horse, cat<->dog.
+CIFAR10_TRANSITION = np.array([0, 1, 0, 5, 7, 3, 6, 7, 8, 1], dtype=np.int64)
+CIFAR10_TRANSITION.setflags(write=False)
+
+# The standard CIFAR-100 fine -> coarse (superclass) table; used only when the data files carry
+# no coarse labels. Each coarse class has exactly 5 fine classes.
+CIFAR100_FINE_TO_COARSE = np.array([
+    4, 1, 14, 8, 0, 6, 7, 7, 18, 3, 3, 14, 9, 18, 7, 11, 3, 9, 7, 11,
+    6, 11, 5, 10, 7, 6, 13, 15, 3, 15, 0, 11, 1, 10, 12, 14, 16, 9, 11, 5,
+    5, 19, 8, 8, 15, 13, 14, 17, 18, 10, 16, 4, 17, 4, 2, 0, 17, 4, 18, 17,
+    10, 3, 2, 12, 12, 16, 12, 1, 9, 19, 2, 10, 0, 1, 16, 12, 9, 13, 15, 13,
+    16, 19, 2, 4, 6, 19, 5, 5, 8, 19, 18, 1, 2, 15, 6, 0, 17, 8, 14, 13,
+], dtype=np.int64)  # fmt: skip
+CIFAR100_FINE_TO_COARSE.setflags(write=False)
+
+
+def cifar100_transition(fine_to_coarse: np.ndarray | None = None) -> np.ndarray:
+    """CIFAR-100 asymmetric transition: each fine class -> the next fine class of its superclass.
+
+    fine_to_coarse (100,) int, default the standard table. Within a superclass the fine classes
+    are ordered by index and mapped circularly (a -> b -> ... -> e -> a). Returns (100,) int64,
+    a permutation that keeps every class inside its superclass.
+    """
+    f2c = CIFAR100_FINE_TO_COARSE if fine_to_coarse is None else np.asarray(fine_to_coarse)
+    if f2c.ndim != 1 or not np.issubdtype(f2c.dtype, np.integer):
+        raise ValueError(f"fine_to_coarse must be a 1-D integer array, got shape {f2c.shape}.")
+    transition = np.arange(len(f2c), dtype=np.int64)
+    for coarse in np.unique(f2c):
+        members = np.flatnonzero(f2c == coarse)  # ascending fine indices
+        transition[members] = np.roll(members, -1)
+    return transition
 
 
 class DatasetFormatError(ValueError):

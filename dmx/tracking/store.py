@@ -1,17 +1,5 @@
-"""MLflow tracking: the only module that writes to MLflow.
-
-Everything goes through an explicit `MlflowClient` and a run id, never through MLflow's global
-"active run": that is what lets a Ray worker, a retried trial or a restarted driver reopen the same
-run and keep writing to it. Layout (docs/architecture.md): one experiment per sweep, a parent run
-tagged `dmx.role=sweep`, one nested run per trial tagged `dmx.role=trial` + `dmx.trial_id`, and a
-standalone `dmx train` run tagged `dmx.role=train` + `dmx.run_dir`. Params are the flat config,
-metrics are logged with step = epoch, and a step that a run already holds is never logged twice
-(a trial restored from an older checkpoint re-runs epochs that MLflow has already seen).
-
-Tracking URI: explicit argument > `MLFLOW_TRACKING_URI` > `sqlite:///<cwd>/mlflow.db`, always made
-absolute, because Ray runs each trial in its own working directory. With a sqlite store the
-artifacts go next to the database (`<db folder>/mlartifacts`), where `mlflow ui` finds them.
-"""
+"""The MLflow store: URIs and their checks, provenance tags, retries, experiments, runs found
+by tags, the `RunLogger` that writes one run, and the read / attach helpers of the analysis edge."""
 
 from __future__ import annotations
 
@@ -123,15 +111,23 @@ def git_commit(path: str | Path | None = None) -> tuple[str, bool]:
             return fallback
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=where, capture_output=True, text=True, timeout=10,
+            cwd=where,
+            capture_output=True,
+            text=True,
+            timeout=10,
         )
         return commit.stdout.strip(), bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
         return fallback
 
 
-def provenance_tags(*, preset: str = "", node: str | None = None, commit: str | None = None,
-                    dirty: bool | None = None) -> dict[str, str]:
+def provenance_tags(
+    *,
+    preset: str = "",
+    node: str | None = None,
+    commit: str | None = None,
+    dirty: bool | None = None,
+) -> dict[str, str]:
     """Tags every dmx run carries: preset, git commit (+ dirty flag), node."""
     if commit is None:
         commit, dirty = git_commit()
@@ -151,7 +147,7 @@ def param_values(flat: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def _retry(call: Callable[[], T], *, attempts: int = 8) -> T:
+def retry(call: Callable[[], T], *, attempts: int = 8) -> T:
     """Retry a store call that failed because a concurrent writer held the sqlite lock."""
     for i in range(attempts):
         try:
@@ -190,8 +186,11 @@ def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) 
     """The id of the oldest non-deleted run carrying all `tags`, or None."""
     query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
     runs = client.search_runs(
-        [experiment_id], filter_string=query, run_view_type=ViewType.ACTIVE_ONLY,
-        order_by=["attributes.start_time ASC"], max_results=10,
+        [experiment_id],
+        filter_string=query,
+        run_view_type=ViewType.ACTIVE_ONLY,
+        order_by=["attributes.start_time ASC"],
+        max_results=10,
     )
     return runs[0].info.run_id if runs else None
 
@@ -204,17 +203,17 @@ class RunLogger:
         self.tracking_uri = resolve_tracking_uri(tracking_uri)
         self.client = MlflowClient(self.tracking_uri)
         self.run_id = run_id
-        run = _retry(lambda: self.client.get_run(run_id))
+        run = retry(lambda: self.client.get_run(run_id))
         self.experiment_id = run.info.experiment_id
         self._params = dict(run.data.params)
         # The last step each metric already holds: a trial re-running epochs after a restore from
         # an older checkpoint must not log them again.
         self._last_step: dict[str, int] = {}
         for key in run.data.metrics:
-            history = _retry(lambda key=key: self.client.get_metric_history(run_id, key))
+            history = retry(lambda key=key: self.client.get_metric_history(run_id, key))
             self._last_step[key] = max((m.step for m in history), default=-1)
         if run.info.status != "RUNNING":
-            _retry(lambda: self.client.update_run(run_id, status="RUNNING"))
+            retry(lambda: self.client.update_run(run_id, status="RUNNING"))
 
     def last_step(self, key: str) -> int:
         """The highest step logged for metric `key` (-1 when none)."""
@@ -230,7 +229,7 @@ class RunLogger:
             self.set_tags({f"dmx.resumed_with.{k}": v for k, v in changed.items()})
         for i in range(0, len(new), _PARAMS_PER_BATCH):
             chunk = new[i : i + _PARAMS_PER_BATCH]
-            _retry(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
+            retry(lambda chunk=chunk: self.client.log_batch(self.run_id, params=chunk))
         self._params.update({p.key: p.value for p in new})
 
     def log_metrics(self, metrics: Mapping[str, float], *, step: int) -> int:
@@ -244,7 +243,7 @@ class RunLogger:
         ]
         for i in range(0, len(new), _METRICS_PER_BATCH):
             chunk = new[i : i + _METRICS_PER_BATCH]
-            _retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
+            retry(lambda chunk=chunk: self.client.log_batch(self.run_id, metrics=chunk))
         for m in new:
             self._last_step[m.key] = m.step
         return len(new)
@@ -252,14 +251,14 @@ class RunLogger:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         batch = [RunTag(k, str(v)) for k, v in tags.items()]
         if batch:
-            _retry(lambda: self.client.log_batch(self.run_id, tags=batch))
+            retry(lambda: self.client.log_batch(self.run_id, tags=batch))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> bool:
         """Upload a file if it exists; returns whether it was logged."""
         path = Path(path)
         if not path.is_file():
             return False
-        _retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        retry(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
         return True
 
     def finish(self, status: str = "FINISHED", *, reason: str = "") -> None:
@@ -268,7 +267,7 @@ class RunLogger:
             raise ValueError(f"status={status!r}: expected FINISHED, FAILED or KILLED")
         if reason:
             self.set_tags({"dmx.failure_reason": reason[:5000]})
-        _retry(lambda: self.client.set_terminated(self.run_id, status=status))
+        retry(lambda: self.client.set_terminated(self.run_id, status=status))
 
     def status(self) -> str:
         """RUNNING, FINISHED, FAILED or KILLED."""
@@ -291,16 +290,16 @@ def open_run(
     found = None
     if run_id:
         try:
-            run = _retry(lambda: client.get_run(run_id))
+            run = retry(lambda: client.get_run(run_id))
             if run.info.lifecycle_stage == "active":
                 found = run_id
         except MlflowException:
             found = None  # the stored id belongs to another store: fall back to the tags
     if found is None:
-        found = _retry(lambda: find_run(client, experiment_id, key_tags))
+        found = retry(lambda: find_run(client, experiment_id, key_tags))
     if found is None:
         all_tags = {**dict(tags or {}), **dict(key_tags)}
-        run = _retry(lambda: client.create_run(experiment_id, tags=all_tags, run_name=run_name))
+        run = retry(lambda: client.create_run(experiment_id, tags=all_tags, run_name=run_name))
         found = run.info.run_id
     logger = RunLogger(uri, found)
     if tags:
@@ -308,182 +307,33 @@ def open_run(
     return logger
 
 
-def start_sweep_run(
-    tracking_uri: str,
-    experiment: str,
-    *,
-    sweep_name: str,
-    base_config: Mapping[str, Any],
-    tags: Mapping[str, str] | None = None,
-) -> RunLogger:
-    """Get-or-create the sweep's experiment and start-or-resume its parent run (found by the
-    `dmx.sweep` tag). The base config is logged as params; `tags` may add the search space."""
+# --------------------------------------------------------------------------------------------
+# Analysis edge: read an artifact, attach files to an ended run
+# --------------------------------------------------------------------------------------------
+def download_artifact(run_id: str, artifact: str, tracking_uri: str | None = None) -> Path:
+    """Local path of the file `artifact` of run `run_id`. A store with local artifacts (the
+    default sqlite + mlartifacts) gives the stored file itself, nothing is copied: read it, do not
+    change it. A remote store downloads it to a new temporary folder. FileNotFoundError (naming
+    the store) when the run or the artifact is missing."""
+    from mlflow.artifacts import download_artifacts
+
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(uri)
-    experiment_id = _retry(lambda: get_or_create_experiment(client, experiment, uri))
-    logger = open_run(
-        uri, experiment_id,
-        key_tags={ROLE_TAG: "sweep", SWEEP_TAG: sweep_name},
-        tags=dict(tags or {}), run_name=sweep_name,
-    )
-    logger.log_params(base_config)
-    return logger
+    try:
+        root = MlflowClient(uri).get_run(run_id).info.artifact_uri
+        # By artifact URI with no destination: a local store answers with its own path (no copy,
+        # no progress bar on stderr); `run_id=` would always copy through the runs:/ repository.
+        local = download_artifacts(artifact_uri=f"{root.rstrip('/')}/{artifact}", tracking_uri=uri)
+    except MlflowException as exc:
+        raise FileNotFoundError(
+            f"MLflow (tracking URI {uri}) could not give its {artifact}: {exc.message}"
+        ) from None
+    return Path(local)
 
 
-def start_trial_run(
-    tracking_uri: str,
-    experiment_id: str,
-    *,
-    trial_id: str,
-    parent_run_id: str,
-    flat_config: Mapping[str, Any],
-    run_id: str | None = None,
-    run_name: str | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> RunLogger:
-    """Start-or-resume the nested run of one trial (by `run_id` from the TrainState, else by the
-    `dmx.trial_id` tag) and log the trial's flat config as params."""
-    logger = open_run(
-        tracking_uri, experiment_id,
-        key_tags={ROLE_TAG: "trial", TRIAL_TAG: trial_id},
-        tags={PARENT_TAG: parent_run_id, **dict(tags or {})},
-        run_name=run_name or trial_id, run_id=run_id,
-    )
-    logger.log_params(flat_config)
-    return logger
-
-
-def _find_trial_run(client: MlflowClient, experiment_id: str, trial_id: str) -> str | None:
-    return _retry(lambda: find_run(client, experiment_id, {ROLE_TAG: "trial", TRIAL_TAG: trial_id}))
-
-
-def end_trial_run(tracking_uri: str, experiment_id: str, trial_id: str, status: str, *,
-                  reason: str = "", tags: Mapping[str, str] | None = None) -> bool:
-    """End the run of `trial_id` (used by the sweep driver when Tune completes, stops or gives up
-    on a trial). Returns False when the trial never opened a run."""
-    uri = resolve_tracking_uri(tracking_uri)
-    run_id = _find_trial_run(MlflowClient(uri), experiment_id, trial_id)
-    if run_id is None:
-        return False
-    logger = RunLogger(uri, run_id)
-    if tags:
-        logger.set_tags(tags)
-    logger.finish(status, reason=reason)
-    return True
-
-
-def log_trial_artifact(tracking_uri: str, experiment_id: str, trial_id: str, path: str | Path, *,
-                       tags: Mapping[str, str] | None = None) -> bool:
-    """Upload a file to the run of `trial_id` without changing the run's status (it has usually
-    ended already; a RunLogger would reopen it); False when the trial has no run."""
+def log_files(tracking_uri: str, run_id: str, paths: list[Path], artifact_path: str) -> list[str]:
+    """Upload files under `artifact_path` of run `run_id` without reopening it (a RunLogger would
+    set an ended run RUNNING again); returns the artifact paths."""
     client = MlflowClient(resolve_tracking_uri(tracking_uri))
-    run_id = _find_trial_run(client, experiment_id, trial_id)
-    if run_id is None:
-        return False
-    batch = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-    if batch:
-        _retry(lambda: client.log_batch(run_id, tags=batch))
-    _retry(lambda: client.log_artifact(run_id, str(path)))
-    return True
-
-
-def log_run_dir_artifacts(logger: RunLogger, run_dir: str | Path) -> list[str]:
-    """Log the run directory's config.json, noisy_labels.parquet and clean_probs.parquet (those
-    that exist); returns the names logged."""
-    run_dir = Path(run_dir)
-    names = ("config.json", "noisy_labels.parquet", "clean_probs.parquet")
-    return [n for n in names if logger.log_artifact(run_dir / n)]
-
-
-# --------------------------------------------------------------------------------------------
-# The standalone `dmx train` reporter
-# --------------------------------------------------------------------------------------------
-class TrainReporter:
-    """A `report(epoch, metrics, state)` callback logging a `dmx train` run to MLflow.
-
-    The run is found again on `--resume` by the run id stored in the TrainState, else by the
-    `dmx.run_dir` tag; the id is written into the state so the next checkpoint carries it."""
-
-    def __init__(self, logger: RunLogger, run_dir: Path | None) -> None:
-        self.logger = logger
-        self.run_dir = run_dir
-        self._artifacts_logged = False
-
-    @property
-    def run_id(self) -> str:
-        return self.logger.run_id
-
-    def __call__(self, epoch: int, metrics: Mapping[str, float], state: Any = None) -> None:
-        if state is not None and hasattr(state, "mlflow_run_id"):
-            state.mlflow_run_id = self.logger.run_id
-        self.logger.log_metrics(metrics, step=epoch)
-        if not self._artifacts_logged and self.run_dir is not None:
-            # Logged once, after the first epoch: the config and labels exist by then.
-            for name in ("config.json", "noisy_labels.parquet"):
-                self.logger.log_artifact(self.run_dir / name)
-            self._artifacts_logged = True
-
-    def finish(self, state: Any = None) -> None:
-        if self.run_dir is not None:
-            log_run_dir_artifacts(self.logger, self.run_dir)
-        self.logger.finish("FINISHED")
-
-    def fail(self, exc: BaseException) -> None:
-        if isinstance(exc, KeyboardInterrupt):
-            self.logger.finish("KILLED", reason="interrupted (KeyboardInterrupt)")
-        else:
-            self.logger.finish("FAILED", reason=f"{type(exc).__name__}: {exc}")
-
-
-def train_reporter(
-    cfg: Any,
-    *,
-    run_dir: str | Path | None = None,
-    tracking_uri: str | None = None,
-    experiment: str = "dmx-train",
-    state: Any = None,
-) -> TrainReporter:
-    """Create or resume the MLflow run of a standalone `dmx train` (tagged `dmx.role=train`).
-
-    `cfg` is a `dmx.config.Config`; `state` the TrainState being resumed (or None)."""
-    uri = check_tracking_uri(resolve_tracking_uri(tracking_uri))
-    client = MlflowClient(uri)
-    experiment_id = _retry(lambda: get_or_create_experiment(client, experiment, uri))
-    run_dir = Path(run_dir).resolve() if run_dir is not None else None
-    key_tags = {ROLE_TAG: "train"}
-    if run_dir is not None:
-        key_tags[RUN_DIR_TAG] = str(run_dir)
-    stored_id = getattr(state, "mlflow_run_id", "") if state is not None else ""
-    if run_dir is None and not stored_id:
-        # Without a run directory there is nothing to find the run by: always a new one.
-        run = _retry(lambda: client.create_run(experiment_id, tags=key_tags))
-        stored_id = run.info.run_id
-    logger = open_run(
-        uri, experiment_id, key_tags=key_tags,
-        tags=provenance_tags(preset=getattr(cfg, "preset", "")),
-        run_name=run_dir.name if run_dir is not None else None, run_id=stored_id or None,
-    )
-    logger.log_params(cfg.to_flat())
-    return TrainReporter(logger, run_dir)
-
-
-__all__ = [
-    "ROLE_TAG",
-    "RunLogger",
-    "TRIAL_TAG",
-    "TrackingError",
-    "TrainReporter",
-    "check_tracking_uri",
-    "end_trial_run",
-    "find_run",
-    "get_or_create_experiment",
-    "git_commit",
-    "log_run_dir_artifacts",
-    "open_run",
-    "param_values",
-    "provenance_tags",
-    "resolve_tracking_uri",
-    "start_sweep_run",
-    "start_trial_run",
-    "train_reporter",
-]
+    for path in paths:
+        retry(lambda path=path: client.log_artifact(run_id, str(path), artifact_path))
+    return [f"{artifact_path}/{Path(p).name}" for p in paths]

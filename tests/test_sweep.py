@@ -1,4 +1,4 @@
-"""dmx.tune: the search-space parser (fast, no Ray) and one real local sweep (3 trials x 3 epochs
+"""dmx.sweep: the search-space parser (fast, no Ray) and one real local sweep (3 trials x 3 epochs
 on a tiny CIFAR-format fixture, Ray on 2 CPUs, MLflow in a temporary sqlite store)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from mlflow import MlflowClient
 from ray import tune
 
+from dmx import sweep as dmx_sweep
 from dmx import tracking
-from dmx import tune as dmx_tune
 from dmx.cli import main as dmx_main
 from dmx.presets import get_preset
 from tests.fixtures import write_cifar_fixture
@@ -23,29 +23,37 @@ BASE = get_preset("cifar10-asym-0.4")
 
 # ---- search space ---------------------------------------------------------------------------
 def test_default_space_is_the_paper_ranges():
-    space = dmx_tune.build_search_space(BASE)
+    space = dmx_sweep.build_search_space(BASE)
     assert {k: (d.low, d.high) for k, d in space.items()} == {
         "dividemix.lambda_u": (0.0, 150.0),
         "dividemix.T": (0.2, 1.0),
         "dividemix.p_threshold": (0.3, 0.9),
     }
     # The preset's own setting is evaluated first.
-    assert dmx_tune.preset_point(BASE, space) == {
-        "dividemix.lambda_u": 0.0, "dividemix.T": 0.5, "dividemix.p_threshold": 0.5,
+    assert dmx_sweep.preset_point(BASE, space) == {
+        "dividemix.lambda_u": 0.0,
+        "dividemix.T": 0.5,
+        "dividemix.p_threshold": 0.5,
     }
 
 
 def test_extra_dimensions_and_overrides():
-    space = dmx_tune.build_search_space(
-        BASE, ["dividemix.alpha=0.5:8:log", "optim.batch_size=32,64", "dividemix.lambda_u=0:50",
-               "dividemix.rampup_length=4:32", "dividemix.loss_history_window=1:5"]
+    space = dmx_sweep.build_search_space(
+        BASE,
+        [
+            "dividemix.alpha=0.5:8:log",
+            "optim.batch_size=32,64",
+            "dividemix.lambda_u=0:50",
+            "dividemix.rampup_length=4:32",
+            "dividemix.loss_history_window=1:5",
+        ],
     )
     assert space["dividemix.alpha"].log and space["dividemix.alpha"].low == 0.5
     assert space["optim.batch_size"].choices == (32, 64)
     assert space["dividemix.lambda_u"].high == 50.0  # a later spec replaces the default
     window = space["dividemix.loss_history_window"]
     assert window.integer and type(window.distribution()).__name__ == "IntDistribution"
-    only = dmx_tune.build_search_space(BASE, ["dividemix.T=0.3:0.7"], defaults=False)
+    only = dmx_sweep.build_search_space(BASE, ["dividemix.T=0.3:0.7"], defaults=False)
     assert list(only) == ["dividemix.T"]
 
 
@@ -64,19 +72,19 @@ def test_extra_dimensions_and_overrides():
     ],
 )
 def test_bad_dimensions_are_clear_errors(spec, message):
-    with pytest.raises(dmx_tune.SearchSpaceError, match=message):
-        dmx_tune.build_search_space(BASE, [spec])
+    with pytest.raises(dmx_sweep.SearchSpaceError, match=message):
+        dmx_sweep.build_search_space(BASE, [spec])
 
 
 def test_preset_outside_the_ranges_is_not_forced_in():
-    space = dmx_tune.build_search_space(BASE, ["dividemix.lambda_u=10:50"])
+    space = dmx_sweep.build_search_space(BASE, ["dividemix.lambda_u=10:50"])
     with pytest.warns(UserWarning, match="outside the search ranges"):
-        assert dmx_tune.preset_point(BASE, space) is None
+        assert dmx_sweep.preset_point(BASE, space) is None
 
 
 def test_asha_clock_starts_after_warmup():
-    assert [dmx_tune.dm_epoch(e, 2) for e in range(5)] == [0, 0, 1, 2, 3]
-    assert [dmx_tune.dm_epoch(e, 0) for e in range(2)] == [1, 2]
+    assert [dmx_sweep.dm_epoch(e, 2) for e in range(5)] == [0, 0, 1, 2, 3]
+    assert [dmx_sweep.dm_epoch(e, 0) for e in range(2)] == [1, 2]
 
 
 def test_best_trial_skips_failed_and_non_finite_trials():
@@ -89,23 +97,25 @@ def test_best_trial_skips_failed_and_non_finite_trials():
         R(error=None, metrics={"val_acc": 55.0, "trial_id": "b"}),
         R(error=None, metrics={}),  # never reported
     ]
-    assert dmx_tune.best_result(results).metrics["trial_id"] == "b"
-    assert dmx_tune.best_result(results[:2]) is None
+    assert dmx_sweep.best_result(results).metrics["trial_id"] == "b"
+    assert dmx_sweep.best_result(results[:2]) is None
 
 
 # ---- a real sweep -----------------------------------------------------------------------------
 def tiny_config(root: Path):
     """cifar10-asym-0.4 at test scale: small CNN, 3 epochs of which 1 warmup, tiny batches."""
-    return BASE.with_overrides({
-        "data.root": str(root),
-        "noise.cache_dir": str(root / "noise"),
-        "model.name": "small_cnn",
-        "run.epochs": 3,
-        "dividemix.warmup_epochs": 1,
-        "optim.batch_size": 32,
-        "optim.warmup_batch_size": 64,
-        "run.device": "cpu",
-    })
+    return BASE.with_overrides(
+        {
+            "data.root": str(root),
+            "noise.cache_dir": str(root / "noise"),
+            "model.name": "small_cnn",
+            "run.epochs": 3,
+            "dividemix.warmup_epochs": 1,
+            "optim.batch_size": 32,
+            "optim.warmup_batch_size": 64,
+            "run.device": "cpu",
+        }
+    )
 
 
 @pytest.fixture()
@@ -121,13 +131,21 @@ def local_ray():
 def test_sweep_end_to_end(tmp_path, local_ray):
     root = write_cifar_fixture(tmp_path / "data", n_train=300, n_test=100)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = dmx_tune.run_sweep(
-        tiny_config(root), name="tiny", storage_path=tmp_path / "results", num_samples=3,
-        max_concurrent=2, cpus_per_trial=1, grace_period=1, seed=7, mlflow_uri=uri, verbose=0,
+    result = dmx_sweep.run_sweep(
+        tiny_config(root),
+        name="tiny",
+        storage_path=tmp_path / "results",
+        num_samples=3,
+        max_concurrent=2,
+        cpus_per_trial=1,
+        grace_period=1,
+        seed=7,
+        mlflow_uri=uri,
+        verbose=0,
     )
     assert not result.interrupted and result.num_trials == 3 and result.num_errors == 0
     # Optuna's suggestions lie inside the ranges; the paper's setting came first.
-    space = dmx_tune.build_search_space(BASE)
+    space = dmx_sweep.build_search_space(BASE)
     configs = [r.config for r in result.result_grid]
     for config in configs:
         for key, dim in space.items():
@@ -188,10 +206,16 @@ def test_sweep_end_to_end(tmp_path, local_ray):
         client.download_artifacts(finished.info.run_id, "clean_probs.parquet", str(tmp_path / "a"))
     )
     ckpt = sorted((tmp_path / "results" / "tiny" / f"trial_{trial_id}").glob("checkpoint_*"))[-1]
-    callback = dmx_tune.MlflowStatusCallback(uri, exp.experiment_id, epochs=4)  # "stopped" at 3
-    callback.on_trial_complete(0, [], SimpleNamespace(
-        trial_id=trial_id, last_result={"epoch": 2}, checkpoint=tune.Checkpoint.from_directory(ckpt)
-    ))
+    callback = dmx_sweep.MlflowStatusCallback(uri, exp.experiment_id, epochs=4)  # "stopped" at 3
+    callback.on_trial_complete(
+        0,
+        [],
+        SimpleNamespace(
+            trial_id=trial_id,
+            last_result={"epoch": 2},
+            checkpoint=tune.Checkpoint.from_directory(ckpt),
+        ),
+    )
     callback.on_experiment_end([])
     run = client.get_run(finished.info.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["dmx.stopped_early"] == "true"
@@ -209,12 +233,23 @@ def test_sweep_end_to_end(tmp_path, local_ray):
 
 # ---- the sweep command line -------------------------------------------------------------------
 def test_sweep_cli_builds_the_base_config(tmp_path):
-    from dmx import sweep_cli
+    from dmx.cli import sweep as sweep_cli
 
     parser = argparse.ArgumentParser()
     sweep_cli.add_arguments(parser, preset="cifar10-asym-0.4")
-    args = parser.parse_args(["--smoke-test", "--data-dir", str(tmp_path), "--epochs", "5",
-                              "--set", "dividemix.alpha=2", "--seed", "3"])
+    args = parser.parse_args(
+        [
+            "--smoke-test",
+            "--data-dir",
+            str(tmp_path),
+            "--epochs",
+            "5",
+            "--set",
+            "dividemix.alpha=2",
+            "--seed",
+            "3",
+        ]
+    )
     cfg = sweep_cli.base_config(args)
     assert cfg.preset == "cifar10-asym-0.4" and cfg.noise.mode == "asym"
     assert cfg.model.name == "small_cnn" and cfg.data.subset == 2000  # smoke test
@@ -223,7 +258,7 @@ def test_sweep_cli_builds_the_base_config(tmp_path):
 
 
 def test_sweep_cli_reports_bad_input_before_starting(tmp_path, capsys):
-    from dmx import sweep_cli
+    from dmx.cli import sweep as sweep_cli
 
     common = ["--data-dir", str(tmp_path), "--storage-path", str(tmp_path / "r"), "--no-mlflow"]
     assert sweep_cli.main("cifar10-asym-0.4", ["--search", "dividemix.T=1:0.2", *common]) == 2

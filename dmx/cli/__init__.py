@@ -1,0 +1,37 @@
+"""`dmx` command line: train, sweep, presets, models, config, label-issues."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from dmx.cli import info, label_issues, sweep, train
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dmx", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    train.add_arguments(sub.add_parser("train", help="train DivideMix on one machine (resumable)"))
+    info.add_parsers(sub)
+    sw = sub.add_parser("sweep", help="hyperparameter sweep on Ray Tune (docs/sweeps.md)")
+    sweep.add_arguments(sw)
+    sw.set_defaults(func=sweep.run)
+    label_issues.add_cli(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, OSError, ImportError, RuntimeError, TypeError) as exc:
+        # Every error dmx raises for bad input is one of these and carries its fix in the message;
+        # DMX_DEBUG=1 shows the traceback for anything that looks like a bug instead.
+        if os.environ.get("DMX_DEBUG"):
+            raise
+        print(f"dmx: error: {exc}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["main", "make_parser"]

@@ -1,0 +1,118 @@
+"""Reporters: where the loop's results go. `fit` writes no files; it hands each epoch to one
+`Reporter` (start, epoch_end per epoch, run_end with the per-sample table) and the reporter writes
+the run directory, logs to MLflow (`dmx.tracking.MlflowReporter`), reports to Ray Tune
+(`dmx.sweep.trial.TuneReporter`) or draws a progress bar. `Reporters` fans one call out to many.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from dmx.files import atomic_write_bytes, write_parquet_atomic
+
+if TYPE_CHECKING:  # annotations only: dmx.tracking imports this module, and stays torch-free
+    import pyarrow as pa
+
+    from dmx.config import Config
+    from dmx.prepare import PreparedData
+    from dmx.state import TrainState
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+NOISY_LABELS_FILE = "noisy_labels.parquet"
+CLEAN_PROBS_FILE = "clean_probs.parquet"
+CHECKPOINT_DIR = "checkpoints"
+
+
+class Reporter:
+    """The loop's one callback. Every method is a no-op here; subclasses override what they need.
+    `state` is the live TrainState: its tensors are valid for the duration of the call."""
+
+    def start(self, cfg: Config, data: PreparedData, state: TrainState) -> None:
+        """Before the first epoch of this process (after a resume too)."""
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: TrainState) -> None:
+        """After epoch `epoch` (0-based); `state.epoch == epoch + 1` holds the finished epoch."""
+
+    def run_end(self, state: TrainState, samples: pa.Table) -> None:
+        """After the last epoch, with the per-sample table of the final nets."""
+
+
+class Reporters(Reporter):
+    """Several reporters called in the given order (None entries are skipped)."""
+
+    def __init__(self, *reporters: Reporter | None) -> None:
+        self.reporters = [r for r in reporters if r is not None]
+
+    def start(self, cfg: Config, data: PreparedData, state: TrainState) -> None:
+        for r in self.reporters:
+            r.start(cfg, data, state)
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: TrainState) -> None:
+        for r in self.reporters:
+            r.epoch_end(epoch, metrics, state)
+
+    def run_end(self, state: TrainState, samples: pa.Table) -> None:
+        for r in self.reporters:
+            r.run_end(state, samples)
+
+
+class EpochCallback(Reporter):
+    """A plain `fn(epoch, metrics, state)` as a reporter."""
+
+    def __init__(self, fn: Callable[[int, dict[str, float], TrainState], None]) -> None:
+        self.fn = fn
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: TrainState) -> None:
+        self.fn(epoch, metrics, state)
+
+
+class RunDirReporter(Reporter):
+    """The run directory of `dmx train` (layout in docs/architecture.md): config.json and the
+    noisy labels at the start, a checkpoint then metrics.jsonl at every epoch end (checkpoint
+    first: a metrics line never describes an epoch that a resume would train again), and
+    clean_probs.parquet at the end."""
+
+    def __init__(self, run_dir: str | Path, *, keep_checkpoints: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.keep_checkpoints = keep_checkpoints
+
+    def start(self, cfg: Config, data: PreparedData, state: TrainState) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.run_dir / CONFIG_FILE, (cfg.to_json() + "\n").encode())
+        labels = self.run_dir / NOISY_LABELS_FILE
+        if Path(data.noisy.path).resolve() != labels.resolve():
+            shutil.copyfile(data.noisy.path, labels)
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: TrainState) -> None:
+        from dmx.state import save_checkpoint  # torch
+
+        save_checkpoint(state, self.run_dir / CHECKPOINT_DIR, keep=self.keep_checkpoints)
+        write_metrics(self.run_dir / METRICS_FILE, state.metrics_history)
+
+    def run_end(self, state: TrainState, samples: pa.Table) -> None:
+        write_parquet_atomic(samples, self.run_dir / CLEAN_PROBS_FILE)
+
+
+def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+    """Rewrite the whole file from the state's history: a resumed run never duplicates epochs."""
+    text = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history)
+    atomic_write_bytes(path, text.encode())
+
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "CLEAN_PROBS_FILE",
+    "CONFIG_FILE",
+    "EpochCallback",
+    "METRICS_FILE",
+    "NOISY_LABELS_FILE",
+    "Reporter",
+    "Reporters",
+    "RunDirReporter",
+    "write_metrics",
+]

@@ -1,0 +1,49 @@
+"""Hyperparameter sweeps on Ray Tune + Optuna: the only package that imports Ray and Optuna.
+
+- `space`: the search space (`--search KEY=LOW:HIGH[:log]` / `KEY=A,B,C`), no Ray;
+- `trial`: the Tune trainable (one `dmx.train.fit` run, resumed from Tune's checkpoints);
+- `driver`: run, resume and summarise a sweep; `spec`: what a sweep was started with, stored
+  beside it; `callbacks`: the driver's end-of-trial MLflow bookkeeping.
+"""
+
+from dmx.sweep.callbacks import MlflowStatusCallback
+from dmx.sweep.driver import (
+    METRIC,
+    SweepError,
+    SweepResult,
+    best_result,
+    resume_sweep,
+    run_sweep,
+)
+from dmx.sweep.space import (
+    DEFAULT_SEARCH,
+    Dimension,
+    SearchSpaceError,
+    build_search_space,
+    parse_dimension,
+    preset_point,
+)
+from dmx.sweep.spec import SweepSpec, normalize_storage
+from dmx.sweep.trial import TIME_ATTR, TrialContext, dm_epoch, train_trial
+
+__all__ = [
+    "DEFAULT_SEARCH",
+    "METRIC",
+    "Dimension",
+    "MlflowStatusCallback",
+    "SearchSpaceError",
+    "SweepError",
+    "SweepResult",
+    "SweepSpec",
+    "TIME_ATTR",
+    "TrialContext",
+    "best_result",
+    "build_search_space",
+    "dm_epoch",
+    "normalize_storage",
+    "parse_dimension",
+    "preset_point",
+    "resume_sweep",
+    "run_sweep",
+    "train_trial",
+]

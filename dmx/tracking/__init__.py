@@ -1,0 +1,72 @@
+"""MLflow tracking: the only module that writes to MLflow.
+
+Everything goes through an explicit `MlflowClient` and a run id, never through MLflow's global
+"active run": that is what lets a Ray worker, a retried trial or a restarted driver reopen the same
+run and keep writing to it. Layout (docs/architecture.md): one experiment per sweep, a parent run
+tagged `dmx.role=sweep`, one nested run per trial tagged `dmx.role=trial` + `dmx.trial_id`, and a
+standalone `dmx train` run tagged `dmx.role=train` + `dmx.run_dir`. Params are the flat config,
+metrics are logged with step = epoch, and a step that a run already holds is never logged twice
+(a trial restored from an older checkpoint re-runs epochs that MLflow has already seen).
+
+Tracking URI: explicit argument > `MLFLOW_TRACKING_URI` > `sqlite:///<cwd>/mlflow.db`, always made
+absolute, because Ray runs each trial in its own working directory. With a sqlite store the
+artifacts go next to the database (`<db folder>/mlartifacts`), where `mlflow ui` finds them.
+"""
+
+from dmx.tracking.runs import (
+    MlflowReporter,
+    end_trial_run,
+    log_trial_artifact,
+    start_sweep_run,
+    start_trial_run,
+    train_reporter,
+)
+from dmx.tracking.store import (
+    MAX_PARAM_CHARS,
+    PARENT_TAG,
+    ROLE_TAG,
+    RUN_DIR_TAG,
+    SWEEP_TAG,
+    TRIAL_TAG,
+    RunLogger,
+    TrackingError,
+    check_tracking_uri,
+    download_artifact,
+    find_run,
+    get_or_create_experiment,
+    git_commit,
+    log_files,
+    open_run,
+    param_values,
+    provenance_tags,
+    resolve_tracking_uri,
+    retry,
+)
+
+__all__ = [
+    "MAX_PARAM_CHARS",
+    "MlflowReporter",
+    "PARENT_TAG",
+    "ROLE_TAG",
+    "RUN_DIR_TAG",
+    "RunLogger",
+    "SWEEP_TAG",
+    "TRIAL_TAG",
+    "TrackingError",
+    "check_tracking_uri",
+    "download_artifact",
+    "end_trial_run",
+    "find_run",
+    "get_or_create_experiment",
+    "git_commit",
+    "log_files",
+    "log_trial_artifact",
+    "open_run",
+    "param_values",
+    "provenance_tags",
+    "resolve_tracking_uri",
+    "retry",
+    "start_sweep_run",
+    "start_trial_run",
+    "train_reporter",
+]
