@@ -12,11 +12,18 @@ File layout (columns): `index` int64 (original training index), `true_label` int
 `noisy_label` int64. Schema metadata key `dmx.noise` holds JSON: the generator params (dataset,
 mode, rate, seed, exclude_true_class, human_file, human_key, num_samples, num_classes,
 true_labels_sha256) and `realised_rate`.
+
+Bring-your-own labels (`noise.label_file`) may also be a JSON list of ints (what the reference
+writes, e.g. `0.4_asym.json`), a 1-D integer `.npy` array, or a CSV of `index,label` rows (header
+optional, any row order, every index once). Those carry no true labels: the dataset's come in as
+`true_labels`. Every value is checked (integer, not bool / NaN / fractional, in 0..C-1, one per
+training sample) and a bad one is named with its position and the fix, on one line.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,15 +35,19 @@ import pyarrow.parquet as pq
 from dmx.config import NoiseConfig
 from dmx.data import ImageDataset
 from dmx.data.cifar_n import load_human_labels
-from dmx.files import sha256_bytes, sha256_file, write_parquet_atomic
+from dmx.files import atomic_write_bytes, sha256_bytes, sha256_file, write_parquet_atomic
+from dmx.label_files import (
+    NoisyLabelFileError,
+    is_parquet,
+    label_format,
+    read_csv_labels,
+    read_json_labels,
+    read_npy_labels,
+)
 from dmx.noise import asymmetric_noise, noise_rate, symmetric_noise
 
 METADATA_KEY = b"dmx.noise"
 FORMAT_VERSION = 1  # bump when the generator's definition changes: old files then mismatch
-
-
-class NoisyLabelFileError(ValueError):
-    """A noisy-label file does not match the dataset or the requested parameters."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,22 @@ class NoisyLabels:
     def is_clean(self) -> np.ndarray:
         """(N,) bool: noisy label equals the true label."""
         return self.noisy_labels == self.true_labels
+
+    def save_parquet(self, dest: str | Path) -> None:
+        """Put these labels at `dest` as a dmx parquet (the run directory's / MLflow's copy).
+
+        A dmx parquet source is copied byte for byte; a JSON / NPY / CSV source is written as a
+        parquet whose params name the source file, its format and its sha256. Atomic either way.
+        """
+        if is_parquet(self.path):
+            atomic_write_bytes(dest, Path(self.path).read_bytes())
+        else:
+            write_noisy_labels(
+                dest,
+                true_labels=self.true_labels,
+                noisy_labels=self.noisy_labels,
+                params=self.params,
+            )
 
 
 def _params_hash(params: dict[str, Any]) -> str:
@@ -105,11 +132,24 @@ def load_noisy_labels(
     *,
     expected_num_samples: int | None = None,
     num_classes: int | None = None,
+    true_labels: np.ndarray | Sequence[int] | None = None,
 ) -> NoisyLabels:
-    """Read a noisy-label parquet and check it against the dataset it will be used with.
+    """Read a noisy-label file and check it against the dataset it will be used with.
 
-    Rows are returned in `index` order. Raises NoisyLabelFileError naming the file, the mismatch
-    and the fix when the length or the class range does not fit.
+    Formats (by suffix; an unknown suffix is sniffed for the parquet / npy magic bytes):
+    - `.parquet`: a dmx file (index, true_label, noisy_label); rows returned in `index` order.
+      It carries its own true labels; `true_labels` is not read.
+    - `.json`: a list of N ints, label i for training sample i (the reference's noise files).
+    - `.npy`: a 1-D integer array of N labels (read with allow_pickle=False).
+    - `.csv`: rows `index,label` (header `index,label` optional, rows in any order, every index
+      0..N-1 exactly once).
+    The last three carry no truth: `true_labels` (N,) (the dataset's training labels) is required
+    and defines N unless `expected_num_samples` is given. Integral floats (3.0) are read as ints;
+    fractional values, NaN, booleans, negative or >= num_classes labels are refused.
+
+    Raises FileNotFoundError when `path` is missing, NoisyLabelFileError (a ValueError) naming
+    the file, the position of the problem and the fix when the content does not fit.
+    `sha256` is always that of the file at `path`, the file the user gave.
     """
     path = Path(path)
     if not path.is_file():
@@ -117,6 +157,43 @@ def load_noisy_labels(
             f"noisy-label file {path} does not exist: check noise.label_file, or leave it empty "
             "to generate labels from the noise parameters."
         )
+    fmt = label_format(path)
+    if fmt == "parquet":
+        return _load_parquet(path, expected_num_samples, num_classes)
+    if true_labels is None:
+        raise ValueError(
+            f"{path}: a .{fmt} label file carries no true labels; pass true_labels= (the "
+            "dataset's training labels) to load_noisy_labels."
+        )
+    true = np.asarray(true_labels).astype(np.int64).reshape(-1)
+    n = len(true) if expected_num_samples is None else int(expected_num_samples)
+    if len(true) != n:
+        raise ValueError(f"true_labels has {len(true)} entries but expected_num_samples is {n}.")
+    reader = {"json": read_json_labels, "npy": read_npy_labels, "csv": read_csv_labels}[fmt]
+    noisy = reader(path, n, num_classes)
+    sha = sha256_file(path)
+    params = {
+        "mode": "file",
+        "source_file": path.name,
+        "source_format": fmt,
+        "source_sha256": sha,
+        "num_samples": n,
+        "num_classes": num_classes,
+        "true_labels_sha256": sha256_bytes(true.tobytes()),
+    }
+    return NoisyLabels(
+        path=path,
+        true_labels=true,
+        noisy_labels=noisy,
+        params=params,
+        realised_rate=noise_rate(true, noisy),
+        sha256=sha,
+    )
+
+
+def _load_parquet(
+    path: Path, expected_num_samples: int | None, num_classes: int | None
+) -> NoisyLabels:
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:

@@ -7,6 +7,12 @@ device-specific: the caller moves the model (`.to(device)`) and picks the memory
 `create_model` also accepts an import path `"pkg.module:factory"`, so an experiment can train a
 network that lives outside this package without registering it.
 
+Starting weights: `pretrained=True` asks the factory for its ImageNet weights (only factories with
+a `pretrained` argument have any: `resnet50`; torchvision-based ones load them with
+`torchvision_weights`, from the torch hub cache or torchvision's download); `weights=PATH` loads a
+state_dict file into any network (`load_weights`: weights-only, a classifier head of another
+shape is left fresh and named).
+
 Architectures pinned to the DivideMix reference recipe:
 - `preact_resnet18`: CIFAR-10/100 (the reference's `ResNet18` in PreResNet.py).
 - `resnet50`: Clothing1M (torchvision ResNet-50, ImageNet-pretrained in the paper).
@@ -19,17 +25,30 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from dmx.weights import (
+    PretrainedWeightsError,
+    WeightsFileError,
+    load_weights,
+    torchvision_weights,
+)
+
 __all__ = [
     "MODELS",
+    "PretrainedWeightsError",
+    "WeightsFileError",
     "create_model",
     "inception_resnet_v2",
+    "load_weights",
     "preact_resnet18",
+    "pretrained_models",
     "resnet50",
     "small_cnn",
+    "torchvision_weights",
 ]
 
 
@@ -145,8 +164,8 @@ def resnet50(*, num_classes: int, in_channels: int = 3, pretrained: bool = False
     """torchvision ResNet-50 with a fresh `num_classes` linear head (Clothing1M).
 
     `pretrained=True` loads torchvision's IMAGENET1K_V1 weights (what `pretrained=True` meant
-    when the reference was written) for every layer but the head. The weights come from
-    torchvision's cache or its download; if neither works a RuntimeError says where to put them.
+    when the reference was written) for every layer but the head, through `torchvision_weights`
+    (hub cache or download; a PretrainedWeightsError says where to put the file otherwise).
     """
     from torchvision.models import ResNet50_Weights
     from torchvision.models import resnet50 as tv_resnet50
@@ -157,15 +176,9 @@ def resnet50(*, num_classes: int, in_channels: int = 3, pretrained: bool = False
         )
     if pretrained:
         weights = ResNet50_Weights.IMAGENET1K_V1
-        try:
-            model = tv_resnet50(weights=weights)
-        except Exception as err:  # network down, proxy refusal, corrupt cache, ...
-            cache = torch.hub.get_dir()
-            raise RuntimeError(
-                f"resnet50(pretrained=True): could not load torchvision's {weights} weights "
-                f"({type(err).__name__}: {err}). Download {weights.url} on a machine with "
-                f"network access and copy it to {cache}/checkpoints/, or pass pretrained=False."
-            ) from err
+        state = torchvision_weights(weights, model="resnet50")  # first: fail before building
+        model = tv_resnet50(weights=None, num_classes=len(weights.meta["categories"]))
+        model.load_state_dict(state)
         model.fc = nn.Linear(model.fc.in_features, num_classes)
     else:
         model = tv_resnet50(weights=None, num_classes=num_classes)
@@ -337,15 +350,35 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def create_model(name: str, *, num_classes: int, in_channels: int = 3, **options) -> nn.Module:
+def pretrained_models() -> list[str]:
+    """Registered models that have pretrained weights (their factory takes `pretrained`)."""
+    return sorted(name for name, factory in MODELS.items() if _accepts(factory, "pretrained"))
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int,
+    in_channels: int = 3,
+    pretrained: bool = False,
+    weights: str | Path = "",
+    **options,
+) -> nn.Module:
     """Build the network `name` for `num_classes` classes and `in_channels`-channel images.
 
     `name` is a key of `MODELS` or an import path `"pkg.module:factory"`; the factory is called
-    with `num_classes=` (plus `in_channels=` when its signature accepts it). `options` are
-    passed through to the factory (e.g. `pretrained=True` for `resnet50`).
+    with `num_classes=` (plus `in_channels=` when its signature accepts it, and `pretrained=True`
+    when asked). `options` are passed through to the factory unchanged.
+
+    Starting weights, at most one of:
+    - `pretrained=True`: the factory's own pretrained (ImageNet) weights; a model whose factory
+      has no `pretrained` argument has none, which is an error naming the models that do.
+    - `weights=PATH`: a state_dict file loaded with `load_weights` (weights-only; a classifier
+      head of another shape starts fresh, with a warning naming the keys not loaded).
 
     Raises ValueError for an unknown name, ImportError / AttributeError for an import path that
-    does not resolve, TypeError when the factory does not return an `nn.Module`.
+    does not resolve, TypeError when the factory does not return an `nn.Module`, and
+    PretrainedWeightsError / WeightsFileError / FileNotFoundError for weights that cannot be had.
     """
     if ":" in name:
         factory = _import_factory(name)
@@ -357,6 +390,11 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, **options
             "A model defined elsewhere can be named by import path 'pkg.module:factory' "
             "(the factory is called with num_classes=... and returns an nn.Module)."
         )
+    if pretrained and weights:
+        raise ValueError(
+            f"model {name!r}: both model.pretrained=true and model.weights={str(weights)!r} are "
+            "set; choose one (the weights file, or the pretrained weights)."
+        )
 
     kwargs = {"num_classes": num_classes, **options}
     if _accepts(factory, "in_channels"):
@@ -366,6 +404,14 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, **options
             f"model {name!r}: in_channels={in_channels} requested but its factory "
             "takes no in_channels argument"
         )
+    if pretrained:
+        if not _accepts(factory, "pretrained"):
+            raise ValueError(
+                f"model {name!r} has no pretrained weights (models that have them: "
+                f"{', '.join(pretrained_models())}). Set model.pretrained=false, or start from "
+                "your own state_dict with --set model.weights=PATH."
+            )
+        kwargs["pretrained"] = True
     if ":" in name:  # foreign code: say which factory failed; our own errors speak for themselves
         try:
             model = factory(**kwargs)
@@ -379,6 +425,8 @@ def create_model(name: str, *, num_classes: int, in_channels: int = 3, **options
         raise TypeError(
             f"model factory {name!r} returned {type(model).__name__}, not a torch.nn.Module"
         )
+    if weights:
+        load_weights(model, weights, name=name)
     return model
 
 

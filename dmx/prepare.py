@@ -71,6 +71,7 @@ def _load_labels(cfg: Config, dataset: ImageDataset) -> NoisyLabels:
             Path(cfg.noise.label_file),
             expected_num_samples=num_train,
             num_classes=dataset.num_classes,
+            true_labels=dataset.train_labels.numpy(),  # JSON / NPY / CSV files carry no truth
         )
     cache = Path(cfg.noise.cache_dir or Path(cfg.data.root) / "noisy_labels").expanduser()
     return make_or_load_noisy_labels(dataset, cfg.noise, cache_dir=cache.resolve())
@@ -94,6 +95,11 @@ def prepare_data(cfg: Config) -> PreparedData:
     # stream would pick the same samples: the validation set would be exactly the flipped labels).
     split_rng = np.random.default_rng([cfg.data.split_seed, _SPLIT_STREAM])
     pool = np.arange(len(dataset.train_labels))
+    if cfg.data.subset > len(pool):
+        raise ValueError(
+            f"data.subset={cfg.data.subset} is larger than the {cfg.data.dataset} training set "
+            f"({len(pool)} samples); use --subset {len(pool)} or less, or 0 for all."
+        )
     if cfg.data.subset:
         pool = _stratified_subset(noisy.noisy_labels, cfg.data.subset, split_rng)
     # The validation split is drawn from the NOISY labels only: a user never has the truth.

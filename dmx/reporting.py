@@ -2,12 +2,15 @@
 `Reporter` (start, epoch_end per epoch, run_end with the per-sample table) and the reporter writes
 the run directory, logs to MLflow (`dmx.tracking.MlflowReporter`), reports to Ray Tune
 (`dmx.sweep.trial.TuneReporter`) or draws a progress bar. `Reporters` fans one call out to many.
+`RunDirLock` keeps a second writer out of a run directory.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
-import shutil
+import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +29,7 @@ METRICS_FILE = "metrics.jsonl"
 NOISY_LABELS_FILE = "noisy_labels.parquet"
 CLEAN_PROBS_FILE = "clean_probs.parquet"
 CHECKPOINT_DIR = "checkpoints"
+LOCK_FILE = ".lock"
 
 
 class Reporter:
@@ -75,7 +79,11 @@ class RunDirReporter(Reporter):
     """The run directory of `dmx train` (layout in docs/architecture.md): config.json and the
     noisy labels at the start, a checkpoint then metrics.jsonl at every epoch end (checkpoint
     first: a metrics line never describes an epoch that a resume would train again), and
-    clean_probs.parquet at the end."""
+    clean_probs.parquet at the end.
+
+    `start` makes the folder agree with the state it starts from: metrics.jsonl is rewritten from
+    `state.metrics_history` (a file cut mid-line is repaired, a new run's is emptied) and a
+    clean_probs.parquet that the coming epochs will outdate is removed."""
 
     def __init__(self, run_dir: str | Path, *, keep_checkpoints: int) -> None:
         self.run_dir = Path(run_dir)
@@ -86,7 +94,10 @@ class RunDirReporter(Reporter):
         atomic_write_bytes(self.run_dir / CONFIG_FILE, (cfg.to_json() + "\n").encode())
         labels = self.run_dir / NOISY_LABELS_FILE
         if Path(data.noisy.path).resolve() != labels.resolve():
-            shutil.copyfile(data.noisy.path, labels)
+            data.noisy.save_parquet(labels)  # a JSON / NPY / CSV source becomes a parquet
+        write_metrics(self.run_dir / METRICS_FILE, state.metrics_history)
+        if state.epoch < cfg.run.epochs:
+            (self.run_dir / CLEAN_PROBS_FILE).unlink(missing_ok=True)
 
     def epoch_end(self, epoch: int, metrics: dict[str, float], state: TrainState) -> None:
         from dmx.state import save_checkpoint  # torch
@@ -104,15 +115,68 @@ def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+class RunDirBusyError(RuntimeError):
+    """Another process holds the run directory's lock; the message names it and the way out."""
+
+
+class RunDirLock:
+    """An exclusive `fcntl.flock` on `RUN_DIR/.lock`, held from `acquire` to `release`.
+
+    The kernel drops the lock when the holder dies (SIGKILL, OOM, power loss of the process), so
+    a stale lock file never blocks a later run. The file holds the holder's pid and host for the
+    refusal message. flock is advisory and per host: it works on local disks and on NFS v4
+    mounts that map it to byte-range locks, not between hosts on file systems that do not."""
+
+    def __init__(self, run_dir: str | Path, *, what: str = "dmx train") -> None:
+        self.path = Path(run_dir) / LOCK_FILE
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> RunDirLock:
+        """Take the lock or raise RunDirBusyError at once (never waits)."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirBusyError(
+                f"{self.path.parent} is in use by another {self.what} (pid {holder}); wait "
+                "for it to end, or choose another folder."
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    def __enter__(self) -> RunDirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
 __all__ = [
     "CHECKPOINT_DIR",
     "CLEAN_PROBS_FILE",
     "CONFIG_FILE",
     "EpochCallback",
+    "LOCK_FILE",
     "METRICS_FILE",
     "NOISY_LABELS_FILE",
     "Reporter",
     "Reporters",
+    "RunDirBusyError",
+    "RunDirLock",
     "RunDirReporter",
     "write_metrics",
 ]

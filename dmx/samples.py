@@ -31,7 +31,7 @@ def sample_report_from_checkpoint(
     dev = resolve_device(cfg.run.device)
     prepared = prepare_data(cfg)
     check_resume(cfg, state, prepared.noisy)  # the same noisy labels as the checkpoint's
-    nets = build_nets(cfg, prepared, dev)
+    nets = build_nets(cfg, prepared, dev, starting_weights=False)  # the checkpoint has them
     nets[0].load_state_dict(state.net1)
     nets[1].load_state_dict(state.net2)
     out = Path(path) if path is not None else checkpoint_dir / CLEAN_PROBS_FILE

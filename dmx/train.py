@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmx import metrics, mixmatch
+from dmx.batches import cycle_batches, index_batches, trains_on_one_sample, two_views
 from dmx.config import Config
 from dmx.evaluate import Division, autocast, divide_net, eval_metrics, sample_table
 from dmx.labels import NoisyLabels
@@ -56,6 +57,14 @@ class Loop:
     gen: torch.Generator  # CPU: shuffles, augmentation, mixup permutations
     np_rng: np.random.Generator  # Beta draws of mixup, GMM seeds
     progress: Progress | None = None
+    single_sample_ok: bool = True  # the nets can take a train-mode pass on ONE sample
+
+    def __post_init__(self) -> None:
+        if self.cfg.auto_sources():  # "auto" is truthy: an unresolved flag would read as on
+            raise ValueError(
+                f"Loop needs a resolved config ({sorted(self.cfg.auto_sources())} are 'auto'): "
+                "pass cfg.resolved()."
+            )
 
     @property
     def device(self) -> torch.device:
@@ -73,7 +82,9 @@ def fit(
     progress: Progress | None = None,
 ) -> TrainState:
     """Run DivideMix from `state` (or from scratch) to `cfg.run.epochs` epochs, handing every
-    epoch to `reporter` (checkpoints, metrics files, MLflow, Tune: see dmx.reporting)."""
+    epoch to `reporter` (checkpoints, metrics files, MLflow, Tune: see dmx.reporting). "auto"
+    fields are resolved first, so the state and every reporter see the values that were used."""
+    cfg = cfg.resolved()
     configure_determinism(cfg)
     device = resolve_device(cfg.run.device)
     prepared = prepare_data(cfg)
@@ -146,7 +157,7 @@ def _start(
     """Nets, optimisers and generators, fresh from the seed or restored from `state`."""
     torch.manual_seed(cfg.run.seed)  # model init; everything later draws from gen / np_rng
     random.seed(cfg.run.seed)
-    nets = build_nets(cfg, prepared, data.device)
+    nets = build_nets(cfg, prepared, data.device, starting_weights=state is None)
     opts = [
         torch.optim.SGD(
             n.parameters(),
@@ -162,6 +173,7 @@ def _start(
         gen=torch.Generator().manual_seed(cfg.run.seed),
         np_rng=np.random.default_rng(cfg.run.seed),
         progress=progress,
+        single_sample_ok=trains_on_one_sample(nets[0], data),
     )
     if state is None:
         state = TrainState(config=cfg.to_flat())
@@ -231,7 +243,11 @@ def warmup_epoch(
     cfg, data = loop.cfg, loop.data
     net.train()
     n = len(data.noisy_y)
-    loader = index_batches(torch.randperm(n, generator=loop.gen), cfg.optim.warmup_batch_size)
+    loader = index_batches(
+        torch.randperm(n, generator=loop.gen),
+        cfg.optim.warmup_batch_size,
+        merge_single=not loop.single_sample_ok,
+    )
     total, seen = 0.0, 0
     for i, idx in enumerate(loader):
         idx = idx.to(loop.device)
@@ -283,8 +299,9 @@ def dividemix_epoch(
     net.train()
     peer.eval()
     num_iter = len(labeled) // bs + 1  # the reference's count, used only by the λu ramp-up
-    loader = index_batches(labeled[torch.randperm(len(labeled), generator=gen)], bs)
-    unlabeled_batches = _cycle(unlabeled, bs, gen)
+    merge = not loop.single_sample_ok
+    loader = index_batches(labeled[torch.randperm(len(labeled), generator=gen)], bs, merge)
+    unlabeled_batches = cycle_batches(unlabeled, bs, gen, merge)
     images, lam_u = 0, 0.0
     for i, bx in enumerate(loader):
         bx = bx.to(loop.device)
@@ -301,12 +318,12 @@ def dividemix_epoch(
                 bu = bu.to(loop.device)
                 u1 = data.train_view(data.train_x[bu], gen)
                 u2 = data.train_view(data.train_x[bu], gen)
+                net_u1, net_u2 = two_views(net, u1, u2, single_ok=loop.single_sample_ok)
                 q_u = mixmatch.co_guess(
-                    net(u1).float(), net(u2).float(), peer(u1).float(), peer(u2).float(), T=dm.T
+                    net_u1, net_u2, peer(u1).float(), peer(u2).float(), T=dm.T
                 )  # (U, C)
-            q_x = mixmatch.co_refine(
-                net(x1).float(), net(x2).float(), onehot, w_all[bx], T=dm.T
-            )  # (B, C)
+            net_x1, net_x2 = two_views(net, x1, x2, single_ok=loop.single_sample_ok)
+            q_x = mixmatch.co_refine(net_x1, net_x2, onehot, w_all[bx], T=dm.T)  # (B, C)
             net.train()
         lam = mixmatch.mix_lambda(dm.alpha, loop.np_rng)
         inputs, targets = [x1, x2], [q_x, q_x]
@@ -341,29 +358,6 @@ def dividemix_epoch(
     return {**out, "lambda_u_eff": lam_u}, images
 
 
-def _cycle(indices: torch.Tensor, batch_size: int, gen: torch.Generator):
-    """Endless batches of `indices`, reshuffled (from `gen`) each time they run out, as the
-    reference's unlabelled loader restarts; yields None forever when `indices` is empty. The
-    shuffle is drawn lazily, at the batch that needs it, as the reference's iterator does."""
-    if len(indices) == 0:
-        while True:
-            yield None
-    while True:
-        order = indices[torch.randperm(len(indices), generator=gen)]
-        for pos in range(0, len(order), batch_size):
-            yield order[pos : pos + batch_size]
-
-
-def index_batches(perm: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Consecutive slices of `perm`; the last may be short (as a DataLoader without drop_last).
-    A final batch of ONE sample is merged into the previous one: BatchNorm in train mode cannot
-    normalise a single sample (the reference would crash there)."""
-    batches = list(torch.split(perm, batch_size))
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        batches[-2] = torch.cat([batches[-2], batches.pop()])
-    return batches
-
-
 def _check_finite(epoch: int, net_name: str, terms: dict[str, torch.Tensor]) -> None:
     bad = {k: float(v.detach()) for k, v in terms.items() if not torch.isfinite(v).all()}
     if bad:
@@ -391,11 +385,21 @@ def set_learning_rate(opts: list[torch.optim.Optimizer], cfg: Config, epoch: int
     return lr
 
 
-def build_nets(cfg: Config, prepared: PreparedData, device: torch.device) -> list[nn.Module]:
-    """The two networks of `cfg.model` on `device` (channels_last when asked)."""
+def build_nets(
+    cfg: Config, prepared: PreparedData, device: torch.device, *, starting_weights: bool = True
+) -> list[nn.Module]:
+    """The two networks of `cfg.model` on `device` (channels_last when asked). With
+    `starting_weights` they load model.pretrained / model.weights; a resumed run passes False
+    (its checkpoint holds the weights, and the weights file may be gone by then)."""
     in_ch = prepared.dataset.train_images.shape[1]
     nets = [
-        create_model(cfg.model.name, num_classes=prepared.dataset.num_classes, in_channels=in_ch)
+        create_model(
+            cfg.model.name,
+            num_classes=prepared.dataset.num_classes,
+            in_channels=in_ch,
+            pretrained=cfg.model.pretrained and starting_weights,
+            weights=cfg.model.weights if starting_weights else "",
+        )
         for _ in range(2)
     ]
     return [
@@ -450,7 +454,6 @@ __all__ = [
     "check_resume",
     "dividemix_epoch",
     "fit",
-    "index_batches",
     "learning_rate",
     "warmup_epoch",
 ]

@@ -39,6 +39,7 @@ from dmx.labels import write_noisy_labels
 from dmx.prepare import prepare_data
 from dmx.presets import get_preset
 from dmx.state import list_checkpoints, load_latest_checkpoint
+from dmx.sweep import checks as sweep_checks
 from dmx.sweep import driver as sweep_driver
 from dmx.train import fit
 from tests.fixtures import poisoned_model_source, write_cifar_fixture
@@ -128,7 +129,7 @@ def test_local_ray_dashboard_listens_on_localhost_only(monkeypatch):
     seen = {}
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw))
-    sweep_driver._init_ray(None)
+    sweep_checks.init_ray(None)
     assert seen.get("dashboard_host") == "127.0.0.1" or seen.get("include_dashboard") is False
 
 
@@ -242,16 +243,19 @@ def test_nan_in_a_trial_fails_it_cleanly_and_a_tampered_checkpoint_is_refused_on
             "optim.batch_size": 32,
             "optim.warmup_batch_size": 64,
             "run.device": "cpu",
+            "data.val_fraction": 0.05,
         }
     )
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = sweep_driver.run_sweep(
         cfg,
-        name="nan",
-        storage_path=tmp_path / "results",
-        num_samples=1,
-        max_failures=1,
-        grace_period=100,
+        sweep_driver.SweepOptions(
+            name="nan",
+            storage_path=tmp_path / "results",
+            num_samples=1,
+            max_failures=1,
+            grace_period=100,
+        ),
         mlflow_uri=uri,
         verbose=0,
     )

@@ -30,6 +30,8 @@ def _train(tmp_path, *extra):
             "--out",
             str(tmp_path / "run"),
             "--quiet",
+            "--subset",
+            "400",  # a stratified 400 of the 1397 digits: the same code paths, less training
             "--set",
             "dividemix.warmup_epochs=1",
             "--set",
@@ -68,6 +70,7 @@ def test_train_then_resume_then_refuse_overwrite(tmp_path, capsys):
     state = load_latest_checkpoint(run / "checkpoints")
     assert state.epoch == 3 and state.config["preset"] == "digits-sym-0.5"
     assert [m["epoch"] for m in state.metrics_history] == [0, 1, 2]
+    assert json.loads((run / "config.json").read_text())["run.epochs"] == 3  # the extension
 
     # One MLflow run, three epochs, no repeated steps.
     from mlflow.tracking import MlflowClient
@@ -78,6 +81,10 @@ def test_train_then_resume_then_refuse_overwrite(tmp_path, capsys):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "test_acc")]
     assert steps == [0, 1, 2]
+    assert runs[0].data.params["run.epochs"] == "2"  # MLflow params are write-once:
+    assert runs[0].data.tags["dmx.resumed_with.run.epochs"] == "3"  # the extension is a tag
+    assert runs[0].data.tags["dmx.restored_from_epoch"] == "2"
+    assert state.mlflow_run_id == runs[0].info.run_id
 
     # Starting afresh into a folder that holds a run would clobber it: refused.
     assert _train(tmp_path, "--epochs", "2") == 2

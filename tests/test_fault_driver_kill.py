@@ -20,11 +20,13 @@ import time
 import uuid
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pytest
 from mlflow import MlflowClient
 
 from dmx import tracking
 from dmx.state import load_latest_checkpoint
+from dmx.sweep.trial import trial_checkpoints
 from tests.fixtures import write_cifar_fixture
 
 EPOCHS = 3
@@ -166,10 +168,16 @@ def test_killed_driver_resumes_the_searcher_and_each_trial_from_its_checkpoint(t
         epochs = [e for e, _ in seen]
         assert len(epochs) == len(set(epochs)) and epochs[-1] == EPOCHS - 1, (name, seen)
 
-    # Each trial's final checkpoint holds every epoch once.
+    # Each trial's final checkpoint holds every epoch once. It is found by the epoch in its file
+    # name, as the trials' recovery finds it: after the resume, Tune's folder counter may restart
+    # below the existing folders and put a new checkpoint into an old folder (issue 11, item 5).
+    reused = 0
     for trial_dir in trial_dirs:
-        state = load_latest_checkpoint(sorted(trial_dir.glob("checkpoint_*"))[-1])
+        (epoch, newest), *_ = trial_checkpoints(pafs.LocalFileSystem(), str(trial_dir))
+        state = load_latest_checkpoint(Path(newest))
+        assert epoch == state.epoch == EPOCHS
         assert [int(h["epoch"]) for h in state.metrics_history] == list(range(EPOCHS))
+        reused += sum(len(list(d.glob("ckpt-*.pt"))) > 1 for d in trial_dir.glob("checkpoint_*"))
 
     # MLflow: one FINISHED parent; one FINISHED run per trial with every step once; restored runs
     # tagged with their checkpoint epoch.
@@ -194,5 +202,97 @@ def test_killed_driver_resumes_the_searcher_and_each_trial_from_its_checkpoint(t
     print(
         f"\ndriver kill: killed after {killed_at:.0f} s with {trials_before} trial(s) started, "
         f"checkpoints {had}; after --resume {SAMPLES} distinct trials, epochs re-run 0, "
-        f"total {total:.0f} s"
+        f"checkpoint folders written twice {reused}, total {total:.0f} s"
+    )
+
+
+# ---- killed right after writing its spec, before Tune's first state save (issue 11, item 6) ----
+class _DriverKilled(BaseException):
+    """Stands for a SIGKILL of the driver: nothing after it runs in the driver."""
+
+
+@pytest.mark.slow
+def test_driver_killed_before_tunes_first_save_resumes_and_starts_again(tmp_path, monkeypatch):
+    """The spec and Tune's tuner.pkl are written, Tune's experiment state is not: `--resume` ran
+    Ray's failing restore ("Failed to restore the run state") and ended INTERRUPTED, and a new
+    start said "already exists" for ever. Both now start the trials cleanly."""
+    import ray
+
+    from dmx import sweep as dmx_sweep
+    from dmx.presets import get_preset
+    from dmx.sweep import driver
+    from dmx.sweep.spec import has_tune_state, read_spec
+
+    root = write_cifar_fixture(tmp_path / "data", n_train=200, n_test=50)
+    cfg = get_preset("cifar10-asym-0.4").with_overrides(
+        {
+            "data.root": str(root),
+            "noise.cache_dir": str(root / "noise"),
+            "model.name": "small_cnn",
+            "run.epochs": 2,
+            "dividemix.warmup_epochs": 1,
+            "dividemix.loss_history_window": "auto",  # trials get the derived values
+            "dividemix.warmup_confidence_penalty": "auto",
+            "optim.batch_size": 32,
+            "optim.warmup_batch_size": 64,
+            "run.device": "cpu",
+            "data.val_fraction": 0.05,
+        }
+    )
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+
+    def killed_start(name: str) -> Path:
+        options = dmx_sweep.SweepOptions(
+            name, tmp_path / "results", num_samples=2, max_concurrent=2, grace_period=100
+        )
+        with monkeypatch.context() as m:
+            m.setattr(driver, "_fit", lambda spec, tuner: (_ for _ in ()).throw(_DriverKilled()))
+            with pytest.raises(_DriverKilled):
+                dmx_sweep.run_sweep(cfg, options, mlflow_uri=uri, verbose=0)
+        folder = tmp_path / "results" / name
+        assert (folder / "dmx_sweep.json").is_file() and (folder / "tuner.pkl").is_file()
+        assert not has_tune_state(str(folder))
+        return folder
+
+    def check(name: str, result) -> None:
+        assert result.num_trials == 2 and result.num_errors == 0 and not result.interrupted
+        assert result.best_params and result.best_metrics["epoch"] == 1
+        assert len(list((tmp_path / "results" / name).glob("trial_*"))) == 2
+        runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+        roles = sorted((r.data.tags[tracking.ROLE_TAG], r.info.status) for r in runs)
+        assert roles == [("sweep", "FINISHED"), ("trial", "FINISHED"), ("trial", "FINISHED")]
+        for run in runs:
+            if run.data.tags[tracking.ROLE_TAG] == "trial":
+                assert run.data.params["dividemix.loss_history_window"] == "1"
+                assert run.data.params["dividemix.warmup_confidence_penalty"] == "True"
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        start = time.perf_counter()
+        folder = killed_start("early")
+        # The driver stored concrete values, never "auto" (issue 10: ASHA's clock, trial params).
+        stored = read_spec(str(folder)).base_config
+        assert stored["dividemix.loss_history_window"] == 1
+        assert stored["dividemix.warmup_confidence_penalty"] is True
+        # --resume: the trials start (nothing to restore), the parent run is reused.
+        with pytest.warns(UserWarning, match="before any trial ran"):
+            check("early", dmx_sweep.resume_sweep(folder, verbose=0))
+        resumed = time.perf_counter() - start
+
+        # Started again WITHOUT --resume: no "already exists", the sweep runs.
+        killed_start("again")
+        options = dmx_sweep.SweepOptions(
+            "again", tmp_path / "results", num_samples=2, max_concurrent=2, grace_period=100
+        )
+        with pytest.warns(UserWarning, match="before any trial ran"):
+            check("again", dmx_sweep.run_sweep(cfg, options, mlflow_uri=uri, verbose=0))
+        # And once Tune has saved its state, a new start of that name is refused.
+        with pytest.raises(dmx_sweep.SweepError, match="already exists"):
+            dmx_sweep.run_sweep(cfg, options, mlflow_uri=uri, verbose=0)
+    finally:
+        ray.shutdown()
+    print(
+        f"\nkilled before Tune's first save: resume {resumed:.0f} s, "
+        f"total {time.perf_counter() - start:.0f} s"
     )

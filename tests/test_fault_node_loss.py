@@ -80,13 +80,13 @@ def test_trial_survives_the_loss_of_its_node(tmp_path, cluster):
     thread, out = run_in_thread(
         lambda: dmx_sweep.run_sweep(
             fault_config(root),
-            name="nodeloss",
-            storage_path=tmp_path / "results",
-            num_samples=1,
-            max_concurrent=1,
-            cpus_per_trial=1,
-            grace_period=100,
-            max_failures=2,
+            dmx_sweep.SweepOptions(
+                name="nodeloss",
+                storage_path=tmp_path / "results",
+                num_samples=1,
+                grace_period=100,
+                max_failures=2,
+            ),
             mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
             verbose=0,
         )

@@ -67,6 +67,7 @@ def fault_config(root: Path) -> Config:
             "optim.warmup_batch_size": 64,
             "run.device": "cpu",
             "run.deterministic": True,
+            "data.val_fraction": 0.05,  # the sweep's objective (dmx train's default is 0)
         }
     )
 
@@ -199,13 +200,13 @@ def finished_sweep(thread: threading.Thread, out: dict):
 def _sweep(tmp_path: Path, root: Path, name: str, max_failures: int):
     return dmx_sweep.run_sweep(
         fault_config(root),
-        name=name,
-        storage_path=tmp_path / "results",
-        num_samples=1,
-        max_concurrent=1,
-        cpus_per_trial=1,
-        grace_period=100,
-        max_failures=max_failures,
+        dmx_sweep.SweepOptions(
+            name=name,
+            storage_path=tmp_path / "results",
+            num_samples=1,
+            grace_period=100,
+            max_failures=max_failures,
+        ),
         mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
         verbose=0,
     )

@@ -139,3 +139,220 @@ def test_human_mode(tmp_path):
     assert "aggre_label" in nl.path.name
     with pytest.raises(ValueError, match="has 20 labels.*30 training samples"):
         make_or_load_noisy_labels(_dataset(n=30), noise, cache_dir=tmp_path / "cache")
+
+
+# --------------------------------------------------------------------------- bring your own labels
+# noise.label_file may be a JSON list (the reference's format), a 1-D .npy array or an index,label
+# CSV: true labels come from the dataset; every value is checked and named on one line.
+
+N, C = 20, 10
+
+
+def _truth_and_noisy():
+    true = np.random.default_rng(1).integers(0, C, N).astype(np.int64)
+    noisy = true.copy()
+    noisy[[2, 5, 11]] = (true[[2, 5, 11]] + 1) % C  # 3 of 20 flipped: realised rate 0.15
+    return true, noisy
+
+
+def _write_json(path, labels):
+    with open(path, "w") as f:  # exactly as the reference writes `0.4_asym.json`
+        json.dump([int(v) for v in labels], f)
+
+
+def _write_csv(path, labels, *, header=True, order=None):
+    order = np.random.default_rng(2).permutation(len(labels)) if order is None else order
+    rows = [f"{i},{labels[i]}" for i in order]
+    path.write_text("\n".join((["index,label"] if header else []) + rows) + "\n")
+
+
+WRITERS = {
+    "json": _write_json,
+    "npy": lambda path, labels: np.save(path, np.asarray(labels, dtype=np.int64)),
+    "csv": _write_csv,
+    "csv-no-header": lambda path, labels: _write_csv(path, labels, header=False),
+}
+
+
+@pytest.mark.parametrize("kind", list(WRITERS))
+def test_foreign_formats_load_with_the_dataset_truth(tmp_path, kind):
+    """Each format gives back the labels in training order, the dataset's true labels, the sha256
+    of the user's file and the realised rate, like a generated file."""
+    from dmx.files import sha256_file
+
+    true, noisy = _truth_and_noisy()
+    path = tmp_path / f"labels.{kind.split('-')[0]}"
+    WRITERS[kind](path, noisy)
+    nl = load_noisy_labels(path, expected_num_samples=N, num_classes=C, true_labels=true)
+    assert np.array_equal(nl.noisy_labels, noisy) and nl.noisy_labels.dtype == np.int64
+    assert np.array_equal(nl.true_labels, true)
+    assert nl.sha256 == sha256_file(path) and nl.path == path
+    assert nl.realised_rate == pytest.approx(0.15)
+    assert nl.params["mode"] == "file" and nl.params["source_sha256"] == nl.sha256
+
+
+def test_integral_floats_and_header_variants_are_accepted(tmp_path):
+    true, noisy = _truth_and_noisy()
+    (tmp_path / "f.json").write_text(json.dumps([float(v) for v in noisy]))
+    np.save(tmp_path / "f.npy", noisy.astype(np.float32))
+    rows = [f"{noisy[i]}.0 , {i}" for i in range(N)][::-1]  # label,index order; spaces; BOM
+    (tmp_path / "f.csv").write_text("\ufeffLabel,Index\n" + "\n".join(rows) + "\n\n")
+    for name in ("f.json", "f.npy", "f.csv"):
+        nl = load_noisy_labels(tmp_path / name, num_classes=C, true_labels=true)
+        assert np.array_equal(nl.noisy_labels, noisy), name
+
+
+def test_parquet_suffixless_file_is_sniffed_and_foreign_needs_truth(tmp_path):
+    nl = make_or_load_noisy_labels(_dataset(n=N), SYM_02, cache_dir=tmp_path)
+    odd = tmp_path / "labels.bin"
+    odd.write_bytes(nl.path.read_bytes())
+    assert np.array_equal(load_noisy_labels(odd).noisy_labels, nl.noisy_labels)
+    _write_json(tmp_path / "l.json", nl.noisy_labels)
+    with pytest.raises(ValueError, match="l.json: a .json label file carries no true labels"):
+        load_noisy_labels(tmp_path / "l.json")
+
+
+def _npy(values, dtype=None):
+    return lambda path: np.save(path, np.asarray(values, dtype=dtype))
+
+
+def _text(text):
+    return lambda path: path.write_text(text)
+
+
+def _csv_rows(rows):
+    return _text("index,label\n" + "\n".join(rows) + "\n")
+
+
+def _labels_with(position, value):
+    labels = [int(v) for v in _truth_and_noisy()[1]]
+    labels[position] = value
+    return labels
+
+
+_GOOD_ROWS = [f"{i},{v}" for i, v in enumerate(_truth_and_noisy()[1])]
+
+BAD_FILES = [
+    # (file name, writer, what the one-line message must say)
+    ("a.json", _text(json.dumps(_labels_with(3, 1.5))), r"index 3: label 1\.5 is not an integer"),
+    ("a.json", _text(json.dumps(_labels_with(2, True))), r"index 2: label true is a boolean"),
+    ("a.json", _text(json.dumps(_labels_with(6, float("nan")))), r"index 6: label NaN is not an"),
+    ("a.json", _text(json.dumps(_labels_with(4, -1))), r"index 4: label -1 is outside 0\.\.9"),
+    ("a.json", _text(json.dumps(_labels_with(17, 12))), r"index 17: label 12 is outside 0\.\.9"),
+    ("a.json", _text(json.dumps(_labels_with(0, "3"))), r"index 0: label '3' is not an integer"),
+    ("a.json", _text(json.dumps([1, 2, 3])), r"holds 3 labels but the training set has 20 samp"),
+    ("a.json", _text(json.dumps({"labels": [1, 2]})), r"holds a JSON dict, not a list"),
+    ("a.json", _text("[1, 2,"), r"not readable JSON .*json\.dump"),
+    ("a.npy", _npy([0.0] * 3 + [1.5] + [0.0] * 16), r"index 3: label 1\.5"),
+    ("a.npy", _npy([0.0] * 5 + [np.nan] + [0.0] * 14), r"index 5: label NaN is not an integer"),
+    ("a.npy", _npy([True] * N), r"holds bool values, not integers"),
+    ("a.npy", _npy(np.zeros((4, 5), dtype=np.int64)), r"shape \(4, 5\), not 1-D"),
+    ("a.npy", _npy(_labels_with(9, 10)), r"index 9: label 10 is outside 0\.\.9"),
+    ("a.npy", _npy(_labels_with(9, -3)), r"index 9: label -3 is outside 0\.\.9"),
+    ("a.npy", _npy([1, 2]), r"holds 2 labels but the training set has 20 samples"),
+    ("a.npy", _npy([{"a": 1}] * N, dtype=object), r"not a plain \.npy array"),
+    ("a.npy", _text("garbage"), r"not a plain \.npy array"),
+    (
+        "a.csv",
+        _csv_rows([*_GOOD_ROWS[:4], "3,1", *_GOOD_ROWS[4:]]),
+        r"line 6: index 3 appears again \(first on line 5\)",
+    ),  # noqa: E501
+    (
+        "a.csv",
+        _csv_rows(_GOOD_ROWS[:7] + _GOOD_ROWS[8:]),
+        r"index 7 has no row: the file has 19 rows for 20",
+    ),
+    ("a.csv", _csv_rows(_GOOD_ROWS[:5]), r"indices 5, 6, 7, 8, 9, \.\.\. have no row"),
+    (
+        "a.csv",
+        _csv_rows([*_GOOD_ROWS[:2], "2,1.5", *_GOOD_ROWS[3:]]),
+        r"line 4: label '1\.5' is not an integer",
+    ),  # noqa: E501
+    (
+        "a.csv",
+        _csv_rows([*_GOOD_ROWS[:2], "2,True", *_GOOD_ROWS[3:]]),
+        r"line 4: label 'True' is not an",
+    ),  # noqa: E501
+    (
+        "a.csv",
+        _csv_rows([*_GOOD_ROWS[:2], "2,nan", *_GOOD_ROWS[3:]]),
+        r"line 4: label 'nan' is not an",
+    ),  # noqa: E501
+    (
+        "a.csv",
+        _csv_rows([*_GOOD_ROWS[:2], "2,-2", *_GOOD_ROWS[3:]]),
+        r"line 4: label -2 is outside 0\.\.9",
+    ),  # noqa: E501
+    (
+        "a.csv",
+        _csv_rows([*_GOOD_ROWS[:17], "17,12", *_GOOD_ROWS[18:]]),
+        r"line 19: label 12 is outside 0\.\.9",
+    ),  # noqa: E501
+    ("a.csv", _csv_rows([*_GOOD_ROWS, "20,1"]), r"line 22: index 20 is outside 0\.\.19"),
+    ("a.csv", _csv_rows([*_GOOD_ROWS[:2], "x,1", *_GOOD_ROWS[3:]]), r"line 4: index 'x' is not an"),  # noqa: E501
+    (
+        "a.csv",
+        _csv_rows([*_GOOD_ROWS[:2], "2,1,0", *_GOOD_ROWS[3:]]),
+        r"line 4: 3 fields, expected 2",
+    ),  # noqa: E501
+    ("a.csv", _text("idx,lbl\n0,1\n"), r"line 1: header 'idx,lbl' is not `index,label`"),
+    ("a.txt", _text("1\n2\n"), r"unknown label-file format '\.txt'.*\.json .*\.npy .*\.csv"),
+]
+
+
+@pytest.mark.parametrize(
+    "name, write, message", BAD_FILES, ids=[f"{n}:{m[:24]}" for n, _, m in BAD_FILES]
+)
+def test_bad_label_files_fail_on_one_line_naming_file_problem_and_fix(
+    tmp_path, name, write, message
+):
+    true, _ = _truth_and_noisy()
+    path = tmp_path / name
+    write(path)
+    with pytest.raises(NoisyLabelFileError, match=message) as info:
+        load_noisy_labels(path, expected_num_samples=N, num_classes=C, true_labels=true)
+    text = str(info.value)
+    assert "\n" not in text and text.startswith(str(path))
+    # ... and a fix: every message tells the user what to write / give / convert / name
+    assert any(w in text for w in ("Give", "give", "Write", "write", "Save", "Convert", "Name"))
+
+
+def test_prepare_reads_a_json_file_with_the_dataset_truth_and_the_run_keeps_a_parquet(tmp_path):
+    """`noise.label_file` = the reference's JSON: prepare_data checks it against the dataset, the
+    run records the JSON's sha256, and the run directory's noisy_labels.parquet is a real
+    parquet of (index, true_label, noisy_label)."""
+    from dmx.config import Config
+    from dmx.files import sha256_file
+    from dmx.prepare import prepare_data
+    from dmx.reporting import NOISY_LABELS_FILE, RunDirReporter
+    from dmx.state import TrainState
+
+    cfg = Config().with_overrides({"data.dataset": "digits", "data.root": str(tmp_path)})
+    from dmx.data import load_dataset
+
+    true = load_dataset("digits", tmp_path).train_labels.numpy()
+    noisy = np.where(np.arange(len(true)) % 5 == 0, (true + 1) % 10, true)
+    _write_json(tmp_path / "0.2_sym.json", noisy)
+    cfg = cfg.with_overrides({"noise.label_file": str(tmp_path / "0.2_sym.json")})
+    prepared = prepare_data(cfg)
+    assert prepared.noisy.sha256 == sha256_file(tmp_path / "0.2_sym.json")
+    assert np.array_equal(prepared.noisy.true_labels, true)
+    assert prepared.noisy.realised_rate == pytest.approx(np.mean(noisy != true))
+
+    RunDirReporter(tmp_path / "run", keep_checkpoints=1).start(
+        cfg, prepared, TrainState(config=cfg.to_flat())
+    )
+    copy = load_noisy_labels(tmp_path / "run" / NOISY_LABELS_FILE)
+    assert np.array_equal(copy.noisy_labels, noisy) and np.array_equal(copy.true_labels, true)
+    assert copy.params["source_file"] == "0.2_sym.json"
+    assert copy.params["source_sha256"] == prepared.noisy.sha256
+
+    with pytest.raises(NoisyLabelFileError, match="holds 10 labels but the training set has"):
+        _write_json(tmp_path / "short.json", noisy[:10])
+        prepare_data(cfg.with_overrides({"noise.label_file": str(tmp_path / "short.json")}))
+
+
+def test_save_parquet_copies_a_dmx_file_byte_for_byte(tmp_path):
+    nl = make_or_load_noisy_labels(_dataset(n=N), SYM_02, cache_dir=tmp_path)
+    nl.save_parquet(tmp_path / "copy.parquet")
+    assert (tmp_path / "copy.parquet").read_bytes() == nl.path.read_bytes()

@@ -4,6 +4,11 @@ on a tiny CIFAR-format fixture, Ray on 2 CPUs, MLflow in a temporary sqlite stor
 from __future__ import annotations
 
 import argparse
+import io
+import json
+import multiprocessing
+import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,6 +21,7 @@ from dmx import sweep as dmx_sweep
 from dmx import tracking
 from dmx.cli import main as dmx_main
 from dmx.presets import get_preset
+from dmx.state import CheckpointError
 from tests.fixtures import write_cifar_fixture
 
 BASE = get_preset("cifar10-asym-0.4")
@@ -69,6 +75,12 @@ def test_extra_dimensions_and_overrides():
         ("dividemix.p_threshold=0.3:1.5", "must be in"),
         ("dividemix.loss_history_window=1.5:3", "integers"),
         ("optim.batch_size=64,64", "two different"),
+        ("dividemix.T=0.1:inf", "must be finite numbers"),  # issue 11.7: not "inverted"
+        ("dividemix.lambda_u=nan:1", "must be finite numbers"),
+        # issue 11.4: fixed per sweep (one label file, one split made on the driver)
+        ("noise.rate=0.2:0.8", "noise.* settings are fixed for a whole sweep"),
+        ("noise.mode=sym,asym", "--set noise.mode=VALUE"),
+        ("data.split_seed=0:9", "data.* settings are fixed for a whole sweep"),
     ],
 )
 def test_bad_dimensions_are_clear_errors(spec, message):
@@ -114,6 +126,7 @@ def tiny_config(root: Path):
             "optim.batch_size": 32,
             "optim.warmup_batch_size": 64,
             "run.device": "cpu",
+            "data.val_fraction": 0.05,  # the sweep's objective (dmx train's default is 0)
         }
     )
 
@@ -133,13 +146,15 @@ def test_sweep_end_to_end(tmp_path, local_ray):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = dmx_sweep.run_sweep(
         tiny_config(root),
-        name="tiny",
-        storage_path=tmp_path / "results",
-        num_samples=3,
-        max_concurrent=2,
-        cpus_per_trial=1,
-        grace_period=1,
-        seed=7,
+        dmx_sweep.SweepOptions(
+            name="tiny",
+            storage_path=tmp_path / "results",
+            num_samples=3,
+            max_concurrent=2,
+            cpus_per_trial=1,
+            grace_period=1,
+            seed=7,
+        ),
         mlflow_uri=uri,
         verbose=0,
     )
@@ -266,3 +281,349 @@ def test_sweep_cli_reports_bad_input_before_starting(tmp_path, capsys):
     assert sweep_cli.main("cifar10-asym-0.4", ["--resume", *common]) == 2
     assert "--resume needs --name" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+# ---- SweepOptions, the spec file ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"num_samples": 0}, "num_samples=0: run at least one trial"),
+        ({"max_concurrent": 0}, "max_concurrent=0: must be >= 1"),
+        ({"cpus_per_trial": 0}, "need cpus > 0"),
+        ({"gpus_per_trial": -1}, "need cpus > 0 and gpus >= 0"),
+        ({"cpus_per_trial": float("nan")}, "need cpus > 0"),
+        ({"grace_period": 0}, "grace_period=0: must be >= 1 DivideMix epoch"),
+        ({"max_failures": -2}, "max_failures=-2"),
+        ({"name": "a/b"}, "one folder name"),
+        ({"name": ""}, "one folder name"),
+    ],
+)
+def test_sweep_options_are_checked_when_made(changes, message):
+    with pytest.raises(dmx_sweep.SweepError, match=message):
+        dmx_sweep.SweepOptions(**{"name": "ok", **changes})
+
+
+def test_sweep_options_store_an_absolute_path_and_the_spec_round_trips(tmp_path, monkeypatch):
+    from dmx.sweep.spec import SweepSpec, read_spec, write_spec
+
+    monkeypatch.chdir(tmp_path)
+    opts = dmx_sweep.SweepOptions(name="s", storage_path="res", search=["dividemix.T=0.2:1.0"])
+    assert opts.storage_path == str(tmp_path / "res") and opts.path == str(tmp_path / "res" / "s")
+    assert opts.search == ("dividemix.T=0.2:1.0",) and opts.grace_period == 16
+    assert dmx_sweep.SweepOptions(name="u", storage_path="s3://b/x/").path == "s3://b/x/u"
+    spec = SweepSpec(options=opts, base_config={"run.epochs": 3}, tracking_uri="sqlite:///m.db")
+    write_spec(spec)
+    assert read_spec(opts.path) == spec
+    # The file keeps its flat format; a file written before `default_search` was stored (its
+    # `search` lists every dimension) reads with default_search=False.
+    flat = json.loads((tmp_path / "res" / "s" / "dmx_sweep.json").read_text())
+    assert flat["num_samples"] == 20 and flat["name"] == "s" and "options" not in flat
+    del flat["default_search"]
+    (tmp_path / "res" / "s" / "dmx_sweep.json").write_text(json.dumps(flat))
+    assert read_spec(opts.path).options.default_search is False
+    (tmp_path / "res" / "s" / "dmx_sweep.json").write_text('{"name": "s", "trunc')
+    with pytest.raises(dmx_sweep.SweepError, match="not a readable dmx sweep spec"):
+        read_spec(opts.path)
+
+
+# ---- refused before Ray starts or anything is made ----------------------------------------------
+def _nothing_made(tmp_path: Path) -> None:
+    import ray
+
+    assert not ray.is_initialized(), "Ray was started for a sweep that could not run"
+    results = tmp_path / "results"
+    assert not results.exists(), list(results.iterdir())
+    db = tmp_path / "mlflow.db"
+    if db.exists():  # the store may have been checked, but holds no run
+        client = MlflowClient(f"sqlite:///{db}")
+        assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def _cli(tmp_path: Path, *extra: str) -> list[str]:
+    return [
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--storage-path",
+        str(tmp_path / "results"),
+        "--name",
+        "s",
+        "--mlflow-uri",
+        f"sqlite:///{tmp_path}/mlflow.db",
+        *extra,
+    ]
+
+
+def test_sweep_without_a_validation_split_is_refused_before_anything(tmp_path, capsys):
+    from dmx.cli import sweep as sweep_cli
+
+    # issue 10.1: dmx train holds out nothing by default; a sweep needs val_acc.
+    assert get_preset("cifar10-asym-0.4").data.val_fraction == 0.0
+    args = _cli(tmp_path, "--set", "data.val_fraction=0")
+    assert sweep_cli.main("cifar10-asym-0.4", args) == 2
+    err = capsys.readouterr().err
+    assert "data.val_fraction=0" in err and "--set data.val_fraction=0.05" in err, err
+    assert len(err.strip().splitlines()) == 1
+    _nothing_made(tmp_path)
+    with pytest.raises(dmx_sweep.SweepError, match="data.val_fraction"):
+        dmx_sweep.run_sweep(BASE, dmx_sweep.SweepOptions("s", tmp_path / "results"), track=False)
+    with pytest.raises(dmx_sweep.SweepError, match="holds out no sample"):
+        dmx_sweep.run_sweep(
+            BASE.with_overrides({"data.val_fraction": 0.001, "data.subset": 100}),
+            dmx_sweep.SweepOptions("s", tmp_path / "results"),
+            track=False,
+        )
+    _nothing_made(tmp_path)
+
+
+def test_sweep_entry_points_hold_out_5_percent_unless_told(tmp_path):
+    from dmx.cli import sweep as sweep_cli
+
+    parser = argparse.ArgumentParser()
+    sweep_cli.add_arguments(parser, preset="cifar10-sym-0.5")
+    assert sweep_cli.base_config(parser.parse_args([])).data.val_fraction == 0.05
+    told = parser.parse_args(["--set", "data.val_fraction=0.1"])
+    assert sweep_cli.base_config(told).data.val_fraction == 0.1
+
+
+def test_the_driver_reads_derived_settings_resolved(tmp_path):
+    # warmup_epochs is "auto" (10 on CIFAR-10): ASHA's clock needs the number, before Ray starts.
+    cfg = BASE.with_overrides({"dividemix.warmup_epochs": "auto", "run.epochs": 8})
+    cfg = cfg.with_overrides({"data.val_fraction": 0.05})
+    with pytest.raises(dmx_sweep.SweepError, match="run.epochs=8 <= dividemix.warmup_epochs=10"):
+        dmx_sweep.run_sweep(cfg, dmx_sweep.SweepOptions("s", tmp_path / "results"), track=False)
+    # "auto" fields are searched at their derived type (an int range, not a list of choices).
+    space = dmx_sweep.build_search_space(cfg, ["dividemix.warmup_epochs=5:15"], defaults=False)
+    assert space["dividemix.warmup_epochs"].integer
+    _nothing_made(tmp_path)
+
+
+def test_searching_a_setting_fixed_per_sweep_is_refused_at_the_command_line(tmp_path, capsys):
+    from dmx.cli import sweep as sweep_cli
+
+    code = sweep_cli.main("cifar10-asym-0.4", _cli(tmp_path, "--search", "noise.rate=0.2:0.6"))
+    err = capsys.readouterr().err
+    assert code == 2 and "noise.rate" in err and "fixed for a whole sweep" in err, err
+    _nothing_made(tmp_path)
+
+
+def test_storage_path_that_is_a_file_is_refused_before_ray_and_mlflow(tmp_path, capsys):
+    from dmx.cli import sweep as sweep_cli
+
+    (tmp_path / "results").write_text("a file")
+    code = sweep_cli.main("cifar10-asym-0.4", _cli(tmp_path))
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file, not a folder" in err and "--storage-path" in err, err
+    assert (tmp_path / "results").read_text() == "a file"
+    (tmp_path / "results").unlink()
+    _nothing_made(tmp_path)  # no Ray, no (RUNNING) parent run
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (
+            ["--cpus-per-trial", "3"],
+            "--cpus-per-trial 3, but the largest node of this Ray cluster has 2 CPUs",
+        ),
+        (
+            ["--gpus-per-trial", "1", "--no-mlflow"],
+            "--gpus-per-trial 1, but every node of this Ray cluster has no GPU",
+        ),
+    ],
+)
+def test_a_trial_request_no_node_can_hold_is_refused(tmp_path, capsys, monkeypatch, flags, message):
+    import ray
+
+    from dmx.cli import sweep as sweep_cli
+    from dmx.sweep import checks
+
+    # A 2-CPU machine without a GPU (and a dead 8-CPU node that must not count).
+    monkeypatch.setattr(checks, "init_ray", lambda address: False)
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 2.0}},
+        {"Alive": False, "Resources": {"CPU": 8.0}},
+    ]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    code = sweep_cli.main("cifar10-asym-0.4", _cli(tmp_path, *flags))
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if x.startswith("dmx sweep: error:")]
+    assert code == 2 and message in line and "no trial could ever start" in line, err
+    _nothing_made(tmp_path)
+
+
+def test_no_best_trial_points_at_errors_only_when_there_were_errors():
+    from dmx.cli.sweep import print_result
+
+    base = dict(path="p", tracking_uri="", experiment="e", best_trial_id="", best_params={})
+    base.update(best_metrics={}, best_checkpoint="", num_trials=3)
+    for errors, interrupted, expected in [
+        (2, False, "no trial reported val_acc (2 errored: see the errors above)"),
+        (0, True, "no trial reported val_acc before the sweep was interrupted"),
+        (0, False, "no trial reported val_acc"),
+    ]:
+        out = io.StringIO()
+        print_result(
+            dmx_sweep.SweepResult(**base, num_errors=errors, interrupted=interrupted), out=out
+        )
+        last = out.getvalue().strip().splitlines()[-1]
+        assert last == expected
+        assert ("errors above" in last) == (errors > 0)
+
+
+def test_resume_needs_no_preset_and_a_new_sweep_does(tmp_path, capsys):
+    common = ["--storage-path", str(tmp_path / "results"), "--no-mlflow"]
+    # Before: "the following arguments are required: --preset", although --resume ignores it.
+    assert dmx_main(["sweep", "--resume", "--name", "gone", *common]) == 2
+    err = capsys.readouterr().err
+    assert "No dmx sweep to resume" in err and "--preset" not in err, err
+    assert dmx_main(["sweep", "--name", "new", *common]) == 2
+    assert "a new sweep needs --preset" in capsys.readouterr().err
+    _nothing_made(tmp_path)
+
+
+# ---- one driver per sweep ------------------------------------------------------------------------
+def _hold_lock(path: str, ready) -> None:
+    """A second driver's process (forked: no imports to wait for) holding the sweep's lock."""
+    from dmx.sweep.lock import SweepLock
+
+    with SweepLock(path):
+        ready.send("held")
+        time.sleep(300)
+
+
+def test_a_second_driver_of_one_sweep_is_refused_until_the_first_dies(tmp_path, capsys):
+    import ray
+
+    from dmx.cli import sweep as sweep_cli
+    from dmx.sweep.lock import LOCK_FILE, SweepLock
+
+    folder = tmp_path / "results" / "s"
+    ready, child_end = multiprocessing.Pipe()
+    holder = multiprocessing.get_context("fork").Process(
+        target=_hold_lock, args=(str(folder), child_end), daemon=True
+    )
+    holder.start()
+    try:
+        assert ready.poll(60) and ready.recv() == "held"
+        # A second driver: a new sweep of that name, and a resume of it, both refused at once
+        # (before Ray starts), naming the holder.
+        for extra in ([], ["--resume"]):
+            code = sweep_cli.main("cifar10-asym-0.4", _cli(tmp_path, "--no-mlflow", *extra))
+            err = capsys.readouterr().err
+            if extra:  # nothing to resume yet: that check comes first
+                assert code == 2 and "No dmx sweep to resume" in err, err
+                continue
+            assert code == 2 and "Another driver is running the sweep" in err, err
+            assert f"pid {holder.pid}" in err and "--resume" in err, err
+        assert not ray.is_initialized()
+        from dmx.sweep.spec import SweepSpec, write_spec
+
+        options = dmx_sweep.SweepOptions("s", tmp_path / "results")
+        write_spec(SweepSpec(options=options, base_config={}))  # now there is a sweep to resume
+        with pytest.raises(dmx_sweep.SweepError, match=f"pid {holder.pid}"):
+            dmx_sweep.resume_sweep(folder)
+    finally:
+        holder.kill()  # SIGKILL: no clean-up code runs; the kernel drops the lock
+        holder.join()
+    with SweepLock(str(folder)):
+        assert (folder / LOCK_FILE).is_file()
+    assert not (folder / LOCK_FILE).exists()
+    # A lock on a folder that did not exist and stayed empty leaves nothing behind.
+    with SweepLock(str(tmp_path / "fresh" / "s")):
+        assert (tmp_path / "fresh" / "s" / LOCK_FILE).is_file()
+    assert not (tmp_path / "fresh").exists()
+    # URIs have no locks: nothing is taken (documented in docs/fault_tolerance.md).
+    with SweepLock("s3://bucket/sweeps/s") as lock:
+        assert lock.folder is None
+
+
+# ---- checkpoint folders after a driver resume (issue 11, item 5) -------------------------------
+def _folders(trial: Path, layout: dict[str, list[int]]) -> None:
+    """checkpoint_* folders holding TrainStates of the given epochs (ckpt-EPOCH.pt)."""
+    from dmx.state import TrainState, save_checkpoint
+
+    for folder, epochs in layout.items():
+        for epoch in epochs:
+            save_checkpoint(TrainState(config={}, epoch=epoch), trial / folder, keep=10)
+
+
+def test_recovery_orders_checkpoints_by_the_epoch_inside_not_the_folder_name(tmp_path, monkeypatch):
+    import pyarrow.fs as pafs
+
+    from dmx.state import checkpoint_path
+    from dmx.sweep import trial as trial_mod
+
+    # The recovery reads the epoch from the file name dmx.state writes.
+    assert trial_mod._CKPT_NAME.match(checkpoint_path(tmp_path, 7).name).group(1) == "0007"
+    # What Tune leaves after a driver resume: it restored the trial from checkpoint_000000 (its
+    # stale experiment state), resumed it from checkpoint_000002 (epoch 3, the newest), and its
+    # folder counter, restarted at 1, wrote epoch 4 into the existing checkpoint_000001.
+    trial = tmp_path / "trial_x"
+    _folders(
+        trial, {"checkpoint_000000": [1], "checkpoint_000001": [2, 4], "checkpoint_000002": [3]}
+    )
+    latest = tune.Checkpoint(str(trial / "checkpoint_000001"))  # Tune's latest: epoch 4
+
+    # A worker killed now: Tune restores from its latest. Folder-name order called 000002 "newer"
+    # and went back one epoch (to 3) with a false warning.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert trial_mod._newest_checkpoint(latest) is latest
+        assert trial_mod._restore_state(latest).epoch == 4
+
+    # Tune knows no checkpoint (driver killed before its first state save): the newest epoch.
+    fs = pafs.LocalFileSystem()
+    monkeypatch.setattr(trial_mod, "_trial_storage", lambda: (fs, str(trial)))
+    with pytest.warns(UserWarning, match=r"checkpoint_000001 \(epoch 4\)"):
+        assert trial_mod._newest_checkpoint(None).path == str(trial / "checkpoint_000001")
+    # Tune restores from an older folder: the newest epoch wins, whatever the folder names.
+    with pytest.warns(UserWarning, match=r"from .*checkpoint_000002 \(epoch 3\), but its newer"):
+        newer = trial_mod._newest_checkpoint(tune.Checkpoint(str(trial / "checkpoint_000002")))
+    assert newer.path == str(trial / "checkpoint_000001")
+
+    # The newest file damaged: fall back ONE epoch (3, in another folder), not to the older file
+    # beside it (2).
+    (trial / "checkpoint_000001" / "ckpt-0004.pt").write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match=r"unusable .*sha256 mismatch.* \(epoch 3\)"):
+        assert trial_mod._restore_state(latest).epoch == 3
+    # Tune's folder lost its file: every other checkpoint, newest epoch first.
+    for f in (trial / "checkpoint_000001").iterdir():
+        f.unlink()
+    assert trial_mod._newest_checkpoint(latest) is latest  # left to the fallback
+    with pytest.warns(UserWarning, match=r"\(epoch 3\)"):
+        assert trial_mod._restore_state(latest).epoch == 3
+    for folder in ("checkpoint_000000", "checkpoint_000002"):
+        for f in (trial / folder).iterdir():
+            f.write_bytes(b"x")
+    with pytest.raises(CheckpointError, match="No usable checkpoint for this trial"):
+        trial_mod._restore_state(latest)
+
+
+# ---- a driver killed after writing its spec, before Tune's first save (issue 11, item 6) --------
+def test_a_sweep_folder_without_tune_state_starts_cleanly_or_is_refused(tmp_path):
+    from dmx.sweep.spec import SweepSpec, clear_unstarted, has_tune_state, write_spec
+
+    folder = tmp_path / "results" / "s"
+    spec = SweepSpec(options=dmx_sweep.SweepOptions("s", tmp_path / "results"), base_config={})
+    write_spec(spec)
+    (folder / "tuner.pkl").write_bytes(b"Tune's, from the dead driver")
+    (folder / "trial_0001" / "params.json").parent.mkdir()
+    (folder / "trial_0001" / "params.json").write_text("{}")
+    assert not has_tune_state(str(folder))
+    clear_unstarted(str(folder))
+    assert sorted(p.name for p in folder.iterdir()) == ["dmx_sweep.json"]
+    # With Tune's state, a new sweep of that name is refused (before Ray starts).
+    (folder / "experiment_state-2025-01-01_00-00-00.json").write_text("{}")
+    assert has_tune_state(str(folder))
+    cfg = BASE.with_overrides({"data.val_fraction": 0.05})
+    with pytest.raises(dmx_sweep.SweepError, match="already exists .* Resume it"):
+        dmx_sweep.run_sweep(cfg, spec.options, track=False)
+    # A trial folder with checkpoints but no Tune state is not Tune's doing: refused, kept.
+    (folder / "experiment_state-2025-01-01_00-00-00.json").unlink()
+    (folder / "trial_0002" / "checkpoint_000000").mkdir(parents=True)
+    with pytest.raises(dmx_sweep.SweepError, match="holds checkpoints"):
+        clear_unstarted(str(folder))
+    assert (folder / "trial_0002" / "checkpoint_000000").is_dir()
+    import ray
+
+    assert not ray.is_initialized()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -99,43 +100,124 @@ def test_sqlite_artifacts_live_next_to_the_database(uri, tmp_path, monkeypatch):
     assert client.get_experiment(exp_id).artifact_location == (tmp_path / "mlartifacts").as_uri()
 
 
-def test_train_reporter_resumes_by_run_dir_and_state(uri, tmp_path):
+def _fake_data():
+    """What MlflowReporter.start reads of PreparedData: the noisy labels' parquet copy."""
+    return SimpleNamespace(
+        noisy=SimpleNamespace(save_parquet=lambda dest: dest.write_bytes(b"PAR1"))
+    )
+
+
+def _train_runs(uri):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("dmx-train")
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_train_reporter_resumes_by_the_checkpoints_run_id_only(uri, tmp_path):
     cfg = Config(preset="p")
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    (run_dir / "config.json").write_text(cfg.to_json())
-    (run_dir / "labels.parquet").write_bytes(b"PAR1")
-    data = SimpleNamespace(noisy=SimpleNamespace(path=run_dir / "labels.parquet"))
-    state = SimpleNamespace(mlflow_run_id="")
-    rep = tracking.train_reporter(cfg, run_dir=run_dir, tracking_uri=uri, state=None)
+    data = _fake_data()
+    state = SimpleNamespace(mlflow_run_id="", epoch=0)
+    rep = tracking.train_reporter(run_dir=run_dir, tracking_uri=uri, state=None)
+    assert rep.run_id == "" and _train_runs(uri) == []  # opened when the loop starts, not before
     rep.start(cfg, data, state)
-    assert state.mlflow_run_id == rep.run_id
+    assert state.mlflow_run_id == rep.run_id  # so the first checkpoint names its run
     rep.epoch_end(0, {"test_acc": 10.0}, state)
     rep.fail(KeyboardInterrupt())
-
-    # --resume before the state carried the id (found by the run-dir tag), then with it.
-    resumed = tracking.train_reporter(
-        cfg.with_overrides({"run.epochs": 5}),
-        run_dir=run_dir,
-        tracking_uri=uri,
-        state=SimpleNamespace(mlflow_run_id=""),
-    )
-    assert resumed.run_id == rep.run_id
-    resumed.epoch_end(0, {"test_acc": 99.0}, state)  # already logged: skipped
-    resumed.epoch_end(1, {"test_acc": 20.0}, state)
-    resumed.finish(state)
-
     client = MlflowClient(uri)
+    assert client.get_run(rep.run_id).data.tags["dmx.failure_reason"].startswith("interrupted")
+
+    # --resume of its checkpoint (the TrainState carries the id): the same run goes on. The
+    # checkpoint holds epoch 1, which the kill kept from MLflow (the checkpoint is written first).
+    history = [{"epoch": 0.0, "test_acc": 99.0}, {"epoch": 1.0, "test_acc": 20.0}]
+    saved = SimpleNamespace(mlflow_run_id=rep.run_id, epoch=2, metrics_history=history)
+    resumed = tracking.train_reporter(run_dir=run_dir, tracking_uri=uri, state=saved)
+    resumed.start(cfg.with_overrides({"run.epochs": 5}), data, saved)
+    assert resumed.run_id == rep.run_id
+    resumed.epoch_end(1, {"test_acc": 98.0}, saved)  # already logged: skipped
+    resumed.epoch_end(2, {"test_acc": 30.0}, saved)
+    resumed.finish(saved)
+
     run = client.get_run(rep.run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.tags["dmx.role"] == "train" and run.data.tags["dmx.preset"] == "p"
-    assert run.data.tags["dmx.resumed_with.run.epochs"] == "5"
+    tags = run.data.tags
+    assert "dmx.failure_reason" not in tags  # finished after the resume: not "interrupted"
+    assert tags["dmx.previous_failure_reason"].startswith("interrupted")
+    assert tags["dmx.restored_from_epoch"] == "2"
+    assert tags["dmx.role"] == "train" and tags["dmx.preset"] == "p"
+    assert tags["dmx.run_dir"] == str(run_dir.resolve())  # information, never searched
+    assert tags["dmx.resumed_with.run.epochs"] == "5"
     assert [(m.step, m.value) for m in client.get_metric_history(rep.run_id, "test_acc")] == [
-        (0, 10.0),
-        (1, 20.0),
+        (0, 10.0),  # logged live; the state's 99.0 for it is not logged twice
+        (1, 20.0),  # from the resumed state
+        (2, 30.0),
     ]
     names = {a.path for a in client.list_artifacts(rep.run_id)}
     assert {"config.json", "noisy_labels.parquet"} <= names
 
-    other = tracking.train_reporter(cfg, run_dir=tmp_path / "other", tracking_uri=uri)
-    assert other.run_id != rep.run_id
+    # `rm -rf RUN_DIR` and a new run there: same folder, same tag, but a NEW MLflow run. So is a
+    # checkpoint without an id (--no-mlflow), and one naming a run this store does not hold.
+    fresh_state = SimpleNamespace(mlflow_run_id="", epoch=0)
+    fresh = tracking.train_reporter(run_dir=run_dir, tracking_uri=uri, state=None)
+    fresh.start(cfg, data, fresh_state)
+    fresh.epoch_end(0, {"test_acc": 55.0}, fresh_state)
+    fresh.finish(fresh_state)
+    unnamed = SimpleNamespace(mlflow_run_id="", epoch=1)
+    no_id = tracking.train_reporter(run_dir=run_dir, tracking_uri=uri, state=unnamed)
+    no_id.start(cfg, data, unnamed)
+    elsewhere = SimpleNamespace(mlflow_run_id="0123456789abcdef0123456789abcdef", epoch=1)
+    foreign = tracking.train_reporter(run_dir=run_dir, tracking_uri=uri, state=elsewhere)
+    with pytest.warns(UserWarning, match="does not hold"):
+        foreign.start(cfg, data, elsewhere)
+    ids = [rep.run_id, fresh.run_id, no_id.run_id, foreign.run_id]
+    assert len(set(ids)) == 4 and elsewhere.mlflow_run_id == foreign.run_id
+    assert [(m.step, m.value) for m in client.get_metric_history(fresh.run_id, "test_acc")] == [
+        (0, 55.0)
+    ]
+    assert client.get_metric_history(rep.run_id, "test_acc")[0].value == 10.0  # old run untouched
+    assert client.get_run(fresh.run_id).data.tags["dmx.run_dir"] == str(run_dir.resolve())
+
+    # Without a run directory: a new run each time too.
+    other = tracking.train_reporter(tracking_uri=uri)
+    other.start(cfg, data, SimpleNamespace(mlflow_run_id="", epoch=0))
+    assert other.run_id not in ids
+
+
+def test_train_reporter_failing_before_the_loop_leaves_no_run(uri, tmp_path):
+    rep = tracking.train_reporter(run_dir=tmp_path / "run", tracking_uri=uri)
+    rep.fail(ValueError("data.subset=5000 is larger than the digits training set"))
+    rep.finish()
+    assert _train_runs(uri) == []
+
+
+def test_train_reporter_with_a_non_utf8_run_dir(uri, tmp_path):
+    run_dir = tmp_path / os.fsdecode(b"bad-\xff-run")  # what Python makes of such an argv
+    state = SimpleNamespace(mlflow_run_id="", epoch=0)
+    rep = tracking.train_reporter(run_dir=run_dir, tracking_uri=uri)
+    rep.start(Config(), _fake_data(), state)
+    rep.finish(state)
+    run = MlflowClient(uri).get_run(rep.run_id)
+    assert run.data.tags["dmx.run_dir"] == f"{tmp_path.resolve()}/bad-\\xff-run"
+    assert run.info.run_name == "bad-\\xff-run" and run.info.status == "FINISHED"
+
+
+def test_a_ctrl_c_during_a_store_write_lands_after_it():
+    # A write cut by Ctrl-C halfway left an sqlite transaction open that this very process then
+    # waited on when it marked the run KILLED (the interrupted `dmx train` hung).
+    import os
+    import signal
+
+    from dmx.tracking.store import retry
+
+    done = []
+
+    def write():
+        os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of the "write"
+        done.append("whole")
+        return 1
+
+    with pytest.raises(KeyboardInterrupt):
+        retry(write)
+    assert done == ["whole"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert retry(lambda: 2) == 2  # and nothing pending afterwards

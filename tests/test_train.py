@@ -39,6 +39,7 @@ def small_cfg(root, **overrides) -> Config:
         "optim.lr": 0.02,
         "dividemix.lambda_u": 25.0,  # non-zero so the unlabelled loss is exercised
         "noise.cache_dir": str(root / "noise"),
+        "data.val_fraction": 0.05,  # exercise the noisy-validation split (sweeps set it)
     }
     base.update(overrides)
     return get_preset("cifar10-asym-0.4").with_overrides(base)
@@ -82,7 +83,7 @@ def test_fit_runs_both_phases_and_writes_the_run_dir(cifar10_root, tmp_path):
     assert 0 < dm["lambda_u_eff"] <= 25.0 * 2 / 16
     assert state.epoch == 3
     assert (run_dir / "config.json").exists()
-    assert Config.from_json((run_dir / "config.json").read_text()) == cfg
+    assert Config.from_json((run_dir / "config.json").read_text()) == cfg.resolved()
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
     assert len(list_checkpoints(run_dir / "checkpoints")) == cfg.run.keep_checkpoints

@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:  # `dmx train` says how to resume; elsewhere one line is enough
+        print("dmx: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, OSError, ImportError, RuntimeError, TypeError) as exc:
         # Every error dmx raises for bad input is one of these and carries its fix in the message;
         # DMX_DEBUG=1 shows the traceback for anything that looks like a bug instead.

@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from dmx.cli.common import parse_sets
 from dmx.config import Config, field_docs
 
 
@@ -29,13 +30,18 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    """The config `dmx train` would run with these options: "auto" fields resolved, each with the
+    rule it came from (so `--set data.dataset=cifar100` shows its 30 warmup epochs)."""
     from dmx.presets import get_preset
 
     cfg = get_preset(args.preset) if args.preset else Config()
-    docs = field_docs()
-    for key, value in cfg.to_flat().items():
-        doc = docs.get(key, "")
-        print(f"{key} = {json.dumps(value)}" + (f"    # {doc}" if doc and args.docs else ""))
+    cfg = cfg.with_overrides(parse_sets(args.set))
+    sources, docs = cfg.auto_sources(), field_docs()
+    for key, value in cfg.resolved().to_flat().items():
+        notes = [sources[key]] if key in sources else []
+        if args.docs and docs.get(key):
+            notes.append(docs[key])
+        print(f"{key} = {json.dumps(value)}" + "".join(f"    # {n}" for n in notes))
     return 0
 
 
@@ -43,8 +49,17 @@ def add_parsers(sub: Any) -> None:
     """Register presets, models and config on an argparse subparsers object."""
     sub.add_parser("presets", help="list the paper presets").set_defaults(func=cmd_presets)
     sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
-    c = sub.add_parser("config", help="print the resolved config of a preset")
-    c.add_argument("--preset")
+    c = sub.add_parser(
+        "config", help="print the resolved config of a preset (auto fields with their source)"
+    )
+    c.add_argument("--preset", help="a paper setting (see `dmx presets`)")
+    c.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field first, as `dmx train --set` does (repeatable)",
+    )
     c.add_argument("--docs", action="store_true", help="with each field's documentation")
     c.set_defaults(func=cmd_config)
 

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -26,20 +31,45 @@ _EVENTS = {
 }
 
 
-class ProgressBar(Reporter):
-    """One tqdm bar over epochs: its text shows the phase and batch (`batch`, the `progress`
-    callback of `fit`), its postfix the metrics of the last epoch (`epoch_end`)."""
+class StartLine(Reporter):
+    """One line on stderr once training really starts (data prepared, resume checks passed, the
+    MLflow run open): where the run goes. An error found before that prints only itself."""
 
-    def __init__(self, total: int, initial: int) -> None:
+    def __init__(self, out: Path, tracker: Any) -> None:
+        self.out, self.tracker = out, tracker
+
+    def start(self, cfg: Any, data: Any, state: Any) -> None:
+        text = f"dmx train: run directory {self.out.resolve()}"
+        if state.epoch:
+            text += f", resuming after epoch {state.epoch}"
+        if self.tracker is not None:
+            text += f", MLflow run {self.tracker.run_id}"
+        print(text, file=sys.stderr)
+
+
+class ProgressBar(Reporter):
+    """One tqdm bar over epochs, drawn from `start` on: its text shows the phase and batch
+    (`batch`, the `progress` callback of `fit`), its postfix the metrics of the last epoch."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.epoch = 0
+
+    def start(self, cfg: Any, data: Any, state: Any) -> None:
         from tqdm.auto import tqdm
 
+        self.epoch = state.epoch
         self.bar = tqdm(
-            total=total, initial=initial, unit="epoch", dynamic_ncols=True, file=sys.stderr
+            total=cfg.run.epochs,
+            initial=state.epoch,
+            unit="epoch",
+            dynamic_ncols=True,
+            file=sys.stderr,
         )
-        self.epoch = initial
 
     def batch(self, phase: str, index: int, total: int, info: dict[str, float]) -> None:
-        if index % 5 and index + 1 != total:  # a redraw per batch would slow small models down
+        redraw = index % 5 == 0 or index + 1 == total  # every batch would slow small models
+        if self.bar is None or not redraw:
             return
         loss = " ".join(f"{k} {v:.3f}" for k, v in info.items())
         self.bar.set_description(
@@ -65,7 +95,8 @@ class ProgressBar(Reporter):
         self.epoch = epoch + 1
 
     def close(self) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def build_config(args: argparse.Namespace, base: Config | None = None) -> Config:
@@ -87,48 +118,132 @@ def build_config(args: argparse.Namespace, base: Config | None = None) -> Config
     return cfg.with_overrides({**shortcuts, **parse_sets(args.set)})
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from dmx.reporting import Reporters, RunDirReporter
-    from dmx.state import load_latest_checkpoint
-    from dmx.train import fit
-
-    out = Path(args.out) if args.out else None
-    state = None
-    base = None
-    if args.resume:
-        if out is None:
-            raise ConfigError("--resume needs --out RUN_DIR (the folder of the run to continue).")
-        state = load_latest_checkpoint(out / "checkpoints")
-        if state is None:
+def check_out(out: Path, *, resume: bool) -> None:
+    """Refuse an --out that cannot be a run directory, before anything is written: one line each,
+    instead of a raw errno after the data was loaded and a run opened."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; choose another --out.")
+    if resume:
+        if not out.is_dir() or not any((out / "checkpoints").glob("ckpt-*.pt")):
             raise ConfigError(
                 f"--resume: {out} holds no checkpoint (looked in {out / 'checkpoints'}). "
                 "Run without --resume to start a new run there."
             )
-        base = Config.from_flat(state.config)
-    cfg = build_config(args, base)
-    if out is None:
-        out = Path("runs") / f"{cfg.preset or cfg.data.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if state is None and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"--out {out}: cannot create the folder ({exc.strerror}); choose a writable --out."
+        ) from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {out} is not writable; choose a writable --out.")
+
+
+def lock_out(out: Path) -> Any:
+    """The run directory's exclusive lock (`RUN_DIR/.lock`), held until released or death."""
+    from dmx.reporting import RunDirLock
+
+    try:
+        return RunDirLock(out, what="dmx train").acquire()
+    except OSError as exc:  # e.g. a read-only file system that let mkdir pass (exist_ok)
+        raise ConfigError(
+            f"--out {out}: cannot write there ({exc.strerror}); choose a writable --out."
+        ) from None
+
+
+def resume_command(args: argparse.Namespace, out: Path, cfg: Config, saved_epochs: Any) -> str:
+    """The exact command line that continues this run (printed after Ctrl-C)."""
+    cmd = ["dmx", "train", "--out", str(out), "--resume"]
+    if saved_epochs is not None and cfg.run.epochs != saved_epochs:
+        cmd += ["--epochs", str(cfg.run.epochs)]  # a resume that extended the run
+    if args.device:
+        cmd += ["--device", args.device]
+    if args.no_mlflow:
+        cmd.append("--no-mlflow")
+    elif args.mlflow_uri:
+        cmd += ["--mlflow-uri", args.mlflow_uri]
+    if args.experiment != "dmx-train":
+        cmd += ["--experiment", args.experiment]
+    return shlex.join(cmd)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out RUN_DIR (the folder of the run to continue).")
+    cfg = None if args.resume else build_config(args)  # bad flags: refused before any write
+    if args.out:
+        out = Path(args.out)
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = Path("runs") / f"{cfg.preset or cfg.data.dataset}-{stamp}"
+    check_out(out, resume=args.resume)
+    lock = lock_out(out)
+    try:
+        return _train_locked(args, out, cfg)
+    finally:
+        lock.release()
+
+
+def _train_locked(args: argparse.Namespace, out: Path, cfg: Config | None) -> int:
+    from dmx.reporting import Reporters, RunDirReporter
+    from dmx.state import list_checkpoints, load_latest_checkpoint
+    from dmx.train import fit
+
+    state = None
+    if args.resume:
+        state = load_latest_checkpoint(out / "checkpoints")
+        if state is None:  # the checkpoints vanished since check_out looked
+            raise ConfigError(f"--resume: {out} holds no checkpoint.")
+        cfg = build_config(args, Config.from_flat(state.config))
+        if cfg.run.epochs < state.epoch:
+            raise ConfigError(
+                f"--resume: the checkpoint in {out} has completed {state.epoch} epochs; "
+                f"run.epochs={cfg.run.epochs} would shrink the run below them. Pass --epochs "
+                f"{state.epoch} or more (or omit --epochs), or start a new run in another --out."
+            )
+    elif list_checkpoints(out / "checkpoints"):
         raise ConfigError(
             f"{out} already holds a run. Pass --resume to continue it, or choose another --out."
         )
-    print(f"dmx train: run directory {out.resolve()}", file=sys.stderr)
+    assert cfg is not None
+    saved_epochs = state.config.get("run.epochs") if state is not None else None
     tracker = None
     if not args.no_mlflow:
         from dmx import tracking
 
+        # MLflow's INFO lines about creating a new sqlite store's tables are not dmx's business.
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
         tracker = tracking.train_reporter(
-            cfg, run_dir=out, tracking_uri=args.mlflow_uri, experiment=args.experiment, state=state
+            run_dir=out, tracking_uri=args.mlflow_uri, experiment=args.experiment, state=state
         )
-    bar = None if args.quiet else ProgressBar(cfg.run.epochs, state.epoch if state else 0)
+    bar = None if args.quiet else ProgressBar()
     run_dir = RunDirReporter(out, keep_checkpoints=cfg.run.keep_checkpoints)
     try:
         final = fit(
             cfg,
-            reporter=Reporters(run_dir, tracker, bar),
+            reporter=Reporters(run_dir, tracker, StartLine(out, tracker), bar),
             state=state,
             progress=bar.batch if bar else None,
         )
+    except KeyboardInterrupt as exc:
+        if bar:
+            bar.close()
+        _end_quietly(tracker, exc)
+        done = list_checkpoints(out / "checkpoints")
+        if done:
+            epochs = int(done[-1].stem.split("-")[1])
+            print(
+                f"dmx train: interrupted; {epochs} completed epochs are saved. Continue with: "
+                + resume_command(args, out, cfg, saved_epochs),
+                file=sys.stderr,
+            )
+        else:
+            print(
+                "dmx train: interrupted before the first epoch ended (no checkpoint to resume); "
+                "run the same command again to start over.",
+                file=sys.stderr,
+            )
+        return 130
     except BaseException as exc:
         if tracker is not None:
             tracker.fail(exc)
@@ -144,6 +259,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     print(json.dumps({"run_dir": str(out.resolve()), "epochs": final.epoch, **summary}, indent=2))
     return 0
+
+
+def _end_quietly(tracker: Any, exc: BaseException) -> None:
+    """Mark the MLflow run KILLED after Ctrl-C, with further Ctrl-Cs ignored for that moment (a
+    second one must not leave the run RUNNING); a store error is one line, not a traceback."""
+    if tracker is None:
+        return
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main_thread else None
+    try:
+        tracker.fail(exc)
+    except Exception as err:  # the run is interrupted anyway: say why MLflow failed, in one line
+        print(f"dmx train: could not mark the MLflow run KILLED: {err}", file=sys.stderr)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGINT, previous)
 
 
 def add_arguments(t: argparse.ArgumentParser) -> None:
@@ -162,4 +293,4 @@ def add_arguments(t: argparse.ArgumentParser) -> None:
     t.set_defaults(func=cmd_train)
 
 
-__all__ = ["ProgressBar", "add_arguments", "build_config", "cmd_train"]
+__all__ = ["ProgressBar", "StartLine", "add_arguments", "build_config", "cmd_train"]

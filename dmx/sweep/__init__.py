@@ -2,8 +2,9 @@
 
 - `space`: the search space (`--search KEY=LOW:HIGH[:log]` / `KEY=A,B,C`), no Ray;
 - `trial`: the Tune trainable (one `dmx.train.fit` run, resumed from Tune's checkpoints);
-- `driver`: run, resume and summarise a sweep; `spec`: what a sweep was started with, stored
-  beside it; `callbacks`: the driver's end-of-trial MLflow bookkeeping.
+- `driver`: run, resume and summarise a sweep; `spec`: how a sweep runs (`SweepOptions`) and what
+  it was started with (`SweepSpec`, stored beside it); `lock`: one driver per sweep;
+  `callbacks`: the driver's end-of-trial MLflow bookkeeping.
 """
 
 from dmx.sweep.callbacks import MlflowStatusCallback
@@ -17,22 +18,25 @@ from dmx.sweep.driver import (
 )
 from dmx.sweep.space import (
     DEFAULT_SEARCH,
+    FIXED_SECTIONS,
     Dimension,
     SearchSpaceError,
     build_search_space,
     parse_dimension,
     preset_point,
 )
-from dmx.sweep.spec import SweepSpec, normalize_storage
+from dmx.sweep.spec import SweepOptions, SweepSpec, normalize_storage
 from dmx.sweep.trial import TIME_ATTR, TrialContext, dm_epoch, train_trial
 
 __all__ = [
     "DEFAULT_SEARCH",
+    "FIXED_SECTIONS",
     "METRIC",
     "Dimension",
     "MlflowStatusCallback",
     "SearchSpaceError",
     "SweepError",
+    "SweepOptions",
     "SweepResult",
     "SweepSpec",
     "TIME_ATTR",

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import uuid
+import warnings
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import optuna
-import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
@@ -34,17 +33,25 @@ from dmx.config import Config
 from dmx.files import sha256_file
 from dmx.prepare import prepare_noisy_labels
 from dmx.sweep.callbacks import MlflowStatusCallback
+from dmx.sweep.checks import check_storage, check_validation_split, ray_session
+from dmx.sweep.lock import SweepLock
 from dmx.sweep.space import build_search_space, preset_point
-from dmx.sweep.spec import SPEC_FILE, SweepSpec, normalize_storage, read_spec, write_spec
+from dmx.sweep.spec import (
+    SPEC_FILE,
+    SweepError,
+    SweepOptions,
+    SweepSpec,
+    clear_unstarted,
+    has_tune_state,
+    normalize_storage,
+    read_spec,
+    write_spec,
+)
 from dmx.sweep.trial import TIME_ATTR, TrialContext, train_trial
 
 METRIC = "val_acc"  # noisy-validation accuracy: the objective. test_acc is logged, never used.
 MODE = "max"
 REDUCTION_FACTOR = 3  # ASHA keeps the top third at each rung
-
-
-class SweepError(RuntimeError):
-    """A sweep that cannot start or resume; the message says what to do."""
 
 
 @dataclass
@@ -70,46 +77,6 @@ class SweepResult:
         return out
 
 
-# --------------------------------------------------------------------------------------------
-# Ray
-# --------------------------------------------------------------------------------------------
-def _check_ray_address(address: str, *, timeout: float = 5.0) -> None:
-    """Fail in seconds, naming the address, when nothing listens at a HOST:PORT Ray address
-    (ray.init would otherwise retry for minutes). `auto` and `local` are left to Ray."""
-    target = address.split("://", 1)[-1]
-    host, sep, port = target.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        return
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
-    except OSError as exc:
-        raise SweepError(
-            f"No Ray cluster answers at --address {address} ({exc}). Start one there (`ray start "
-            "--head --port PORT` on the head node), check the host and port (the head prints "
-            "them), or drop --address to run on a local Ray instance."
-        ) from None
-
-
-def _init_ray(address: str | None) -> None:
-    """Join the cluster at `address`, or start a local Ray; nothing when Ray already runs."""
-    if ray.is_initialized():
-        return
-    if address:
-        _check_ray_address(address)
-        try:
-            ray.init(address=address)
-        except ConnectionError as exc:
-            raise SweepError(
-                f"Cannot connect to a Ray cluster at --address {address}: {exc} Start one "
-                "(`ray start --head`) or drop --address to run on a local Ray instance."
-            ) from None
-    else:
-        # A new local Ray, even when a cluster already runs on this machine (plain ray.init()
-        # would join that one: --address auto says so explicitly). Its dashboard (when installed)
-        # serves on this machine only; expose it through an SSH tunnel, never by binding 0.0.0.0.
-        ray.init(address="local", dashboard_host="127.0.0.1")
-
-
 def trial_dirname(trial: Any) -> str:
     """Short trial folder names (Tune's default puts every param in the name)."""
     return f"trial_{trial.trial_id}"
@@ -118,6 +85,7 @@ def trial_dirname(trial: Any) -> str:
 def _trainable(spec: SweepSpec, fresh_trials: Iterable[str] = ()) -> Any:
     """`train_trial` bound to the sweep's base config and this driver session's TrialContext,
     with the trial's resources."""
+    opts = spec.options
     context = TrialContext(
         name=spec.name,
         tracking_uri=spec.tracking_uri,
@@ -126,12 +94,67 @@ def _trainable(spec: SweepSpec, fresh_trials: Iterable[str] = ()) -> Any:
         label_sha256=spec.label_sha256,
         git_commit=spec.git_commit,
         git_dirty=spec.git_dirty,
-        cpus_per_trial=spec.cpus_per_trial,
+        cpus_per_trial=opts.cpus_per_trial,
         fresh_trials=tuple(sorted(fresh_trials)),
         session=uuid.uuid4().hex,  # this driver session (a NaN note of another one is stale)
     )
     fn = tune.with_parameters(train_trial, base_config=spec.base_config, context=context)
-    return tune.with_resources(fn, {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    return tune.with_resources(fn, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+
+
+def _new_tuner(spec: SweepSpec, base: Config, *, verbose: int | None) -> tune.Tuner:
+    """A Tuner for a sweep that has not run yet: Optuna's seeded TPE over the spec's space (the
+    base config's own point first) and ASHA on val_acc with `dm_epoch` as its clock."""
+    opts = spec.options
+    space = build_search_space(base, opts.search, defaults=opts.default_search)
+    searcher = OptunaSearch(
+        space={key: dim.distribution() for key, dim in space.items()},
+        metric=METRIC,
+        mode=MODE,
+        points_to_evaluate=[p] if (p := preset_point(base, space)) else None,
+        sampler=optuna.samplers.TPESampler(seed=opts.seed),
+    )
+    # ASHA's rungs all lie BEFORE the last epoch: pruning at the last epoch saves nothing, and a
+    # trial that trains to the end then finishes by itself (logging its final per-sample file).
+    # A grace period reaching the last epoch leaves nothing to prune: then every trial runs to the
+    # end (FIFO).
+    last_rung = base.run.epochs - base.dividemix.warmup_epochs - 1
+    scheduler = None
+    if opts.grace_period <= last_rung:
+        scheduler = ASHAScheduler(
+            time_attr=TIME_ATTR,
+            metric=METRIC,
+            mode=MODE,
+            max_t=last_rung,
+            grace_period=opts.grace_period,
+            reduction_factor=REDUCTION_FACTOR,
+            stop_last_trials=False,  # past max_t a trial runs on to run.epochs
+        )
+    callback = MlflowStatusCallback(
+        spec.tracking_uri,
+        spec.experiment_id,
+        base.run.epochs,
+        opts.cpus_per_trial,
+        opts.gpus_per_trial,
+    )
+    return tune.Tuner(
+        _trainable(spec),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,  # both carry metric and mode
+            num_samples=opts.num_samples,
+            max_concurrent_trials=opts.max_concurrent,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=spec.name,
+            storage_path=opts.storage_path,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=base.run.keep_checkpoints),
+            failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+            callbacks=[callback] if spec.tracking_uri else None,
+            verbose=verbose,
+        ),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -150,7 +173,7 @@ def _open_tracking(spec: SweepSpec, mlflow_uri: str | None) -> None:
                 commit=spec.git_commit,
                 dirty=spec.git_dirty,
             ),
-            "dmx.search": " ".join(spec.search),
+            "dmx.search": " ".join(spec.options.search),
             "dmx.ray_results": spec.path,
         },
     )
@@ -159,20 +182,57 @@ def _open_tracking(spec: SweepSpec, mlflow_uri: str | None) -> None:
     spec.parent_run_id = parent.run_id
 
 
+def _fit(spec: SweepSpec, tuner: tune.Tuner) -> Any:
+    """`tuner.fit()`; a driver that crashes (not Tune's own Ctrl-C handling, which returns) ends
+    the sweep's parent run instead of leaving it RUNNING."""
+    try:
+        return tuner.fit()
+    except BaseException as exc:
+        if spec.tracking_uri and spec.parent_run_id:
+            killed = isinstance(exc, KeyboardInterrupt)
+            try:
+                tracking.RunLogger(spec.tracking_uri, spec.parent_run_id).finish(
+                    "KILLED" if killed else "FAILED",
+                    reason="driver interrupted; resume with --resume"
+                    if killed
+                    else f"driver failed ({type(exc).__name__}: {exc}); resume with --resume",
+                )
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
+        raise
+
+
+def _start_unstarted(earlier: SweepSpec, spec: SweepSpec | None = None) -> None:
+    """The sweep at `earlier.path` wrote its spec, but its driver stopped before Tune saved any
+    state: no trial ran. Clear Tune's leftovers so the sweep starts cleanly. `spec`: the new
+    sweep that replaces it (None: the same sweep, started from its spec); an MLflow parent run the
+    new sweep will not reuse is ended KILLED."""
+    clear_unstarted(earlier.path)
+    warnings.warn(
+        f"The sweep at {earlier.path} was started ({earlier.created}) but its driver stopped "
+        "before any trial ran (no Tune state was saved): starting its trials now.",
+        stacklevel=3,
+    )
+    if spec is None or not earlier.tracking_uri or not earlier.parent_run_id:
+        return
+    if spec.tracking_uri == earlier.tracking_uri:
+        return  # start_sweep_run finds the same parent run again (by its dmx.sweep tag)
+    try:
+        tracking.RunLogger(earlier.tracking_uri, earlier.parent_run_id).finish(
+            "KILLED", reason="the sweep was started again (elsewhere) before any trial ran"
+        )
+    except Exception as exc:  # noqa: BLE001 - an old store that is gone changes nothing here
+        warnings.warn(
+            f"Could not end the earlier parent run {earlier.parent_run_id} in "
+            f"{earlier.tracking_uri}: {exc}",
+            stacklevel=3,
+        )
+
+
 def run_sweep(
     base: Config,
+    options: SweepOptions,
     *,
-    name: str,
-    storage_path: str | os.PathLike = "ray_results",
-    num_samples: int = 20,
-    search: Iterable[str] = (),
-    default_search: bool = True,
-    max_concurrent: int = 1,
-    cpus_per_trial: float = 1,
-    gpus_per_trial: float = 0,
-    max_failures: int = 3,
-    seed: int = 0,
-    grace_period: int | None = None,
     mlflow_uri: str | None = None,
     track: bool = True,
     address: str | None = None,
@@ -180,118 +240,56 @@ def run_sweep(
 ) -> SweepResult:
     """Run a new sweep of `base` over the search space and return its best trial.
 
-    `storage_path` is a local folder, a shared file system path or a pyarrow URI (s3://, gs://);
-    results land in `storage_path/name`. `grace_period` counts DivideMix epochs after warmup
-    (default 16, lambda_u's ramp-up length); ASHA's rungs all lie before the last epoch, and with
-    a grace period that reaches it there is no early stopping."""
-    if num_samples < 1:
-        raise SweepError(f"num_samples={num_samples}: run at least one trial.")
-    if max_concurrent < 1:
-        raise SweepError(f"max_concurrent={max_concurrent}: must be >= 1.")
-    if cpus_per_trial <= 0 or gpus_per_trial < 0:
-        raise SweepError(
-            f"cpus_per_trial={cpus_per_trial}, gpus_per_trial={gpus_per_trial}: need cpus > 0 and "
-            "gpus >= 0 (fractions such as 0.5 share a GPU between trials)."
-        )
-    space = build_search_space(base, search, defaults=default_search)
-    dm_epochs = base.run.epochs - base.dividemix.warmup_epochs
-    if dm_epochs < 1:
+    Results land in `options.path` (`storage_path/name`). Checked before Ray starts or anything is
+    made: the validation split (`data.val_fraction` > 0: the objective), the search space, the
+    storage folder, the MLflow store; then, holding the sweep's lock, that no sweep of this name
+    ran already, the Ray cluster and the per-trial resources. `options.grace_period` counts
+    DivideMix epochs after warmup; ASHA's rungs all lie before the last epoch, and with a grace
+    period that reaches it there is no early stopping."""
+    base = base.resolved()  # concrete warmup epochs for ASHA's clock and the stored base config
+    check_validation_split(base)
+    space = build_search_space(base, options.search, defaults=options.default_search)
+    if base.run.epochs - base.dividemix.warmup_epochs < 1:
         raise SweepError(
             f"run.epochs={base.run.epochs} <= dividemix.warmup_epochs="
             f"{base.dividemix.warmup_epochs}: the searched parameters would never take effect."
         )
-    if grace_period is not None and grace_period < 1:
-        raise SweepError(f"grace_period={grace_period}: must be >= 1 DivideMix epoch.")
-    # ASHA's rungs all lie BEFORE the last epoch: pruning at the last epoch saves nothing, and a
-    # trial that trains to the end then finishes by itself (logging its final per-sample file).
-    # A grace period reaching the last epoch leaves nothing to prune: then every trial runs to the
-    # end (FIFO).
-    last_rung = dm_epochs - 1
-    grace = grace_period if grace_period is not None else 16
-    storage = normalize_storage(storage_path)
+    check_storage(options.path)
     commit, dirty = tracking.git_commit()
     spec = SweepSpec(
-        name=name,
-        storage_path=storage,
+        # The stored space lists every dimension: it does not change with later defaults.
+        options=replace(
+            options, search=tuple(d.spec() for d in space.values()), default_search=False
+        ),
         base_config={},
-        search=[d.spec() for d in space.values()],
-        num_samples=num_samples,
-        max_concurrent=max_concurrent,
-        cpus_per_trial=cpus_per_trial,
-        gpus_per_trial=gpus_per_trial,
-        max_failures=max_failures,
-        seed=seed,
-        grace_period=grace,
         git_commit=commit,
         git_dirty=dirty,
     )
-    if read_spec(spec.path) is not None:
-        raise SweepError(
-            f"A sweep named {name!r} already exists at {spec.path}. Resume it (--resume) or "
-            "choose another --name."
-        )
     # The tracking store is checked before anything else is done (and before any trial starts).
     if track:
         spec.tracking_uri = tracking.check_tracking_uri(mlflow_uri)
-    # Then the Ray cluster, before any file or MLflow run is created (nothing left half-made).
-    _init_ray(address)
-    # Noisy labels once, on the driver; trials get the absolute path, never download, and check
-    # the sha256.
-    prepared = prepare_noisy_labels(base).with_overrides({"data.download": False})
-    spec.base_config = prepared.to_flat()
-    if prepared.noise.label_file:
-        spec.label_sha256 = sha256_file(prepared.noise.label_file)
-    if track:
-        _open_tracking(spec, spec.tracking_uri)
-    write_spec(spec)
-
-    searcher = OptunaSearch(
-        space={key: dim.distribution() for key, dim in space.items()},
-        metric=METRIC,
-        mode=MODE,
-        points_to_evaluate=[p] if (p := preset_point(prepared, space)) else None,
-        sampler=optuna.samplers.TPESampler(seed=seed),
-    )
-    scheduler = None
-    if grace <= last_rung:
-        scheduler = ASHAScheduler(
-            time_attr=TIME_ATTR,
-            metric=METRIC,
-            mode=MODE,
-            max_t=last_rung,
-            grace_period=grace,
-            reduction_factor=REDUCTION_FACTOR,
-            stop_last_trials=False,  # past max_t a trial runs on to run.epochs
-        )
-    tuner = tune.Tuner(
-        _trainable(spec),
-        tune_config=tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,  # both carry metric and mode
-            num_samples=num_samples,
-            max_concurrent_trials=max_concurrent,
-            trial_dirname_creator=trial_dirname,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=prepared.run.keep_checkpoints),
-            failure_config=tune.FailureConfig(max_failures=max_failures),
-            callbacks=[
-                MlflowStatusCallback(
-                    spec.tracking_uri,
-                    spec.experiment_id,
-                    base.run.epochs,
-                    cpus_per_trial,
-                    gpus_per_trial,
+    with SweepLock(spec.path):
+        earlier = read_spec(spec.path)
+        if earlier is not None:
+            if has_tune_state(spec.path):
+                raise SweepError(
+                    f"A sweep named {spec.name!r} already exists at {spec.path}. Resume it "
+                    "(--resume) or choose another --name."
                 )
-            ]
-            if track
-            else None,
-            verbose=verbose,
-        ),
-    )
-    return _finish(spec, tuner.fit())
+            _start_unstarted(earlier, spec)
+        # Then the Ray cluster, before any file or MLflow run is created (nothing left half-made).
+        with ray_session(address, spec.options):
+            # Noisy labels once, on the driver; trials get the absolute path, never download,
+            # and check the sha256.
+            prepared = prepare_noisy_labels(base).with_overrides({"data.download": False})
+            spec.base_config = prepared.to_flat()
+            if prepared.noise.label_file:
+                spec.label_sha256 = sha256_file(prepared.noise.label_file)
+            if track:
+                _open_tracking(spec, spec.tracking_uri)
+            write_spec(spec)
+            tuner = _new_tuner(spec, prepared, verbose=verbose)
+            return _finish(spec, _fit(spec, tuner))
 
 
 def resume_sweep(
@@ -300,38 +298,48 @@ def resume_sweep(
     address: str | None = None,
     mlflow_uri: str | None = None,
     restart_errored: bool = False,
+    verbose: int | None = None,
 ) -> SweepResult:
     """Continue an interrupted sweep from its experiment folder `path` (`storage_path/name`):
     unfinished trials resume from their last checkpoints, errored ones too (from their checkpoint,
-    or from scratch with `restart_errored`), and the search goes on to `num_samples` trials."""
+    or from scratch with `restart_errored`), and the search goes on to `num_samples` trials. A
+    sweep whose driver stopped before Tune saved any state (no trial ran) starts its trials."""
     path = normalize_storage(path)
     spec = read_spec(path)
-    if spec is None or not tune.Tuner.can_restore(path):
+    if spec is None:
         raise SweepError(
-            f"No dmx sweep to resume at {path} (expected {SPEC_FILE} and Tune's experiment state "
-            "there). Pass the sweep's folder: STORAGE_PATH/NAME."
+            f"No dmx sweep to resume at {path} (expected {SPEC_FILE} there). Pass the sweep's "
+            "folder: STORAGE_PATH/NAME."
         )
-    spec.storage_path = path.rsplit("/", 1)[0]
+    spec.options = replace(spec.options, storage_path=path.rsplit("/", 1)[0])
     label_file = spec.base_config.get("noise.label_file")
     if label_file and spec.label_sha256 and sha256_file(label_file) != spec.label_sha256:
         raise SweepError(f"{label_file} changed since the sweep started (sha256 mismatch).")
     if spec.tracking_uri or mlflow_uri:  # checked before Ray starts; reopened after
         tracking.check_tracking_uri(mlflow_uri or spec.tracking_uri)
-    _init_ray(address)
-    if spec.tracking_uri or mlflow_uri:
-        _open_tracking(spec, mlflow_uri)
-        write_spec(spec)
-    fresh = []  # errored trials restarted from scratch must not pick up their old checkpoints
-    if restart_errored:
-        fresh = [t.trial_id for t in tune.ExperimentAnalysis(path).trials if t.status == "ERROR"]
-    tuner = tune.Tuner.restore(
-        path,
-        trainable=_trainable(spec, fresh),
-        resume_unfinished=True,
-        resume_errored=not restart_errored,
-        restart_errored=restart_errored,
-    )
-    return _finish(spec, tuner.fit())
+    with SweepLock(path):
+        started = has_tune_state(path)
+        if not started:
+            _start_unstarted(spec)
+        with ray_session(address, spec.options):
+            if spec.tracking_uri or mlflow_uri:
+                _open_tracking(spec, mlflow_uri)
+                write_spec(spec)
+            if not started:
+                tuner = _new_tuner(spec, Config.from_flat(spec.base_config), verbose=verbose)
+                return _finish(spec, _fit(spec, tuner))
+            fresh = []  # errored trials restarted from scratch must not pick up old checkpoints
+            if restart_errored:
+                analysis = tune.ExperimentAnalysis(path)
+                fresh = [t.trial_id for t in analysis.trials if t.status == "ERROR"]
+            tuner = tune.Tuner.restore(
+                path,
+                trainable=_trainable(spec, fresh),
+                resume_unfinished=True,
+                resume_errored=not restart_errored,
+                restart_errored=restart_errored,
+            )
+            return _finish(spec, _fit(spec, tuner))
 
 
 def best_result(results: Iterable[Any]) -> Any:
@@ -351,13 +359,13 @@ def _finish(spec: SweepSpec, grid: Any) -> SweepResult:
     # marks running trials TERMINATED in memory when it stops, but saves them as unfinished.
     saved = tune.ExperimentAnalysis(spec.path).trials
     unfinished = [t.trial_id for t in saved if t.status not in ("TERMINATED", "ERROR")]
-    interrupted = bool(unfinished) or len(saved) < spec.num_samples
+    interrupted = bool(unfinished) or len(saved) < spec.options.num_samples
     best = best_result(grid)
     best_params: dict[str, Any] = {}
     best_metrics: dict[str, float] = {}
     best_id = best_ckpt = ""
     if best is not None and best.metrics:
-        searched = [s.partition("=")[0] for s in spec.search]
+        searched = [s.partition("=")[0] for s in spec.options.search]
         best_params = {k: best.config[k] for k in searched if k in best.config}
         best_metrics = {
             k: float(v)
@@ -410,6 +418,7 @@ __all__ = [  # with re-exports from dmx.sweep.spec and dmx.sweep.callbacks
     "MlflowStatusCallback",
     "SPEC_FILE",
     "SweepError",
+    "SweepOptions",
     "SweepResult",
     "SweepSpec",
     "best_result",

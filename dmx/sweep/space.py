@@ -61,6 +61,22 @@ class Dimension:
 
 _SPEC_HELP = "expected KEY=LOW:HIGH, KEY=LOW:HIGH:log or KEY=A,B,C (e.g. dividemix.alpha=0.5:8:log)"
 
+# Sections fixed for the whole sweep: the driver makes ONE noisy-label file (noise.*) and every
+# trial trains and is judged on ONE data set and validation split (data.*). A searched value of
+# these would be recorded per trial but never used, so searching them is refused.
+FIXED_SECTIONS = ("noise", "data")
+
+
+def _refuse_fixed(spec: str, key: str) -> None:
+    section = key.partition(".")[0]
+    if section in FIXED_SECTIONS:
+        raise SearchSpaceError(
+            f"--search {spec!r}: {section}.* settings are fixed for a whole sweep (the driver "
+            "makes one noisy-label file and one validation split that every trial shares), so a "
+            f"searched {key} would not be used. Run one sweep per value instead "
+            f"(--set {key}=VALUE)."
+        )
+
 
 def parse_dimension(spec: str, base: Config) -> Dimension:
     """Parse `KEY=LOW:HIGH[:log]` or `KEY=A,B,C` against `base` (the key's type decides int vs
@@ -69,6 +85,9 @@ def parse_dimension(spec: str, base: Config) -> Dimension:
     key, text = key.strip(), text.strip()
     if not sep or not key or not text:
         raise SearchSpaceError(f"--search {spec!r}: {_SPEC_HELP}.")
+    _refuse_fixed(spec, key)
+    # "auto" fields are read at their derived values: their type decides int vs float.
+    base = base.resolved()
     flat = base.to_flat()
     if key not in flat:
         try:
@@ -95,7 +114,12 @@ def parse_dimension(spec: str, base: Config) -> Dimension:
     except ValueError:
         kind = "integers" if is_int else "numbers"
         raise SearchSpaceError(f"--search {spec!r}: {key} needs {kind}; {_SPEC_HELP}.") from None
-    if not (math.isfinite(low) and math.isfinite(high)) or low >= high:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise SearchSpaceError(
+            f"--search {spec!r}: both ends of a range must be finite numbers (got {low}:{high}); "
+            "write LOW:HIGH with finite numbers."
+        )
+    if low >= high:
         raise SearchSpaceError(
             f"--search {spec!r}: the range is empty or inverted ({low} >= {high}); "
             f"write LOW:HIGH with LOW < HIGH."
@@ -130,7 +154,7 @@ def build_search_space(
 def preset_point(base: Config, space: Mapping[str, Dimension]) -> dict[str, Any] | None:
     """The base config's own values of the searched keys (the paper's setting), evaluated first;
     None (with a warning) when one of them lies outside its range."""
-    flat = base.to_flat()
+    flat = base.resolved().to_flat()
     point = {key: flat[key] for key in space}
     outside = [k for k, dim in space.items() if not dim.contains(point[k])]
     if outside:
@@ -145,6 +169,7 @@ def preset_point(base: Config, space: Mapping[str, Dimension]) -> dict[str, Any]
 
 __all__ = [
     "DEFAULT_SEARCH",
+    "FIXED_SECTIONS",
     "Dimension",
     "SearchSpaceError",
     "build_search_space",

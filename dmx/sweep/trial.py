@@ -13,6 +13,7 @@ hyperparameters, and a restored trial continues bit-for-bit).
 
 from __future__ import annotations
 
+import re
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -28,7 +29,14 @@ from dmx import tracking
 from dmx.config import Config
 from dmx.files import sha256_file
 from dmx.reporting import Reporter, Reporters
-from dmx.state import CheckpointError, TrainState, load_latest_checkpoint, save_checkpoint
+from dmx.state import (
+    CheckpointError,
+    TrainState,
+    checkpoint_path,
+    load_checkpoint,
+    load_latest_checkpoint,
+    save_checkpoint,
+)
 from dmx.train import NonFiniteLossError, fit
 
 TIME_ATTR = "dm_epoch"  # DivideMix epochs completed (0 during warmup): ASHA's clock
@@ -87,22 +95,65 @@ class TuneReporter(Reporter):
 # --------------------------------------------------------------------------------------------
 # Checkpoint recovery
 # --------------------------------------------------------------------------------------------
-def _older_checkpoints(checkpoint: tune.Checkpoint) -> list[tune.Checkpoint]:
-    """The trial's other `checkpoint_*` folders older than `checkpoint`, newest first."""
-    fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
-    parent, _, name = path.rpartition("/")
+# The name `dmx.state.checkpoint_path` gives a checkpoint file: ckpt-EPOCH.pt, EPOCH = completed
+# epochs of the TrainState inside. Read from a folder listing, it orders checkpoints without
+# loading any (tests/test_sweep.py pins it to checkpoint_path).
+_CKPT_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
+
+
+def _epochs_in(fs: pafs.FileSystem, folder: str) -> list[int]:
+    """Epochs of the dmx checkpoint files in `folder`, newest first ([] when none or unlistable).
+    A folder may hold two: after a driver resume, Tune's folder counter can restart below the
+    existing folders and write a new checkpoint into an old folder."""
     try:
-        infos = fs.get_file_info(pafs.FileSelector(parent))
+        infos = fs.get_file_info(pafs.FileSelector(folder))
     except OSError:
         return []
-    older = sorted(
-        i.path
-        for i in infos
-        if i.type == pafs.FileType.Directory
-        and i.base_name.startswith("checkpoint_")
-        and i.base_name < name  # zero-padded indices: text order is age order
-    )
-    return [tune.Checkpoint(p, filesystem=fs) for p in reversed(older)]
+    epochs = (int(m.group(1)) for i in infos if (m := _CKPT_NAME.match(i.base_name)))
+    return sorted(epochs, reverse=True)
+
+
+def checkpoint_epoch(fs: pafs.FileSystem, folder: str) -> int | None:
+    """The newest epoch among the dmx checkpoint files in `folder`, None when it holds none."""
+    epochs = _epochs_in(fs, folder)
+    return epochs[0] if epochs else None
+
+
+def trial_checkpoints(fs: pafs.FileSystem, trial_path: str) -> list[tuple[int, str]]:
+    """(epoch, folder) of every dmx checkpoint file in the trial's `checkpoint_*` folders, newest
+    EPOCH first. Folder names are no age order: after a driver resume Tune may number new
+    checkpoints below older ones (issue 11, item 5)."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(trial_path))
+    except OSError:
+        return []
+    found = [
+        (epoch, info.path)
+        for info in infos
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
+        for epoch in _epochs_in(fs, info.path)
+    ]
+    return sorted(found, reverse=True)
+
+
+def _split(checkpoint: tune.Checkpoint) -> tuple[pafs.FileSystem, str, str]:
+    """(file system, trial folder, checkpoint folder) of a Tune checkpoint."""
+    path = checkpoint.path.rstrip("/")
+    return checkpoint.filesystem, path.rpartition("/")[0], path
+
+
+def _candidates(checkpoint: tune.Checkpoint) -> list[tuple[int | None, str]]:
+    """(epoch, folder) of the checkpoint files to try for a restore from `checkpoint`, in order:
+    its newest file, then every older file of the trial (in any folder), newest epoch first.
+    Epoch None: `checkpoint` holds no readable checkpoint file (tried first, then all others)."""
+    fs, trial_path, path = _split(checkpoint)
+    own = _epochs_in(fs, path)
+    if not own:
+        return [(None, path), *trial_checkpoints(fs, trial_path)]
+    others = [(e, p) for e, p in trial_checkpoints(fs, trial_path) if p != path and e < own[0]]
+    mine = [(e, path) for e in own]
+    # Newest epoch first; on a tie Tune's own folder first.
+    return sorted(mine + others, key=lambda c: (c[0], c[1] == path), reverse=True)
 
 
 def _trial_storage() -> tuple[pafs.FileSystem, str] | None:
@@ -121,68 +172,63 @@ def _trial_storage() -> tuple[pafs.FileSystem, str] | None:
 
 
 def _newest_checkpoint(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | None:
-    """The trial's newest `checkpoint_*` folder that holds a dmx checkpoint, when it is newer than
-    the one Tune restores from. Tune saves its experiment state every ~10 s, so a driver killed
-    right after a trial's report restores that trial from the previous checkpoint, or from none
-    (epoch 0); the trial's storage folder has the newer one."""
+    """The trial's checkpoint folder with the newest epoch, when that epoch is newer than the one
+    of the checkpoint Tune restores from. Tune saves its experiment state every ~10 s, so a driver
+    killed right after a trial's report restores that trial from the previous checkpoint, or from
+    none (epoch 0); the trial's storage folder has the newer one. A checkpoint whose epoch cannot
+    be read (its file is missing) is left to `_restore_state`'s fallback."""
     try:
         if checkpoint is not None:
-            fs, path = checkpoint.filesystem, checkpoint.path.rstrip("/")
-            trial_path, _, current = path.rpartition("/")
+            fs, trial_path, path = _split(checkpoint)
+            current = checkpoint_epoch(fs, path)
+            if current is None:
+                return checkpoint
         else:
             where = _trial_storage()
             if where is None:
                 return checkpoint
-            (fs, trial_path), current = where, ""
-        infos = fs.get_file_info(pafs.FileSelector(trial_path))
+            (fs, trial_path), path, current = where, "", -1
+        found = trial_checkpoints(fs, trial_path)
     except Exception:  # noqa: BLE001 - keep Tune's choice when the folder cannot be listed
         return checkpoint
-    newer = sorted(
-        (
-            i.path
-            for i in infos
-            if i.type == pafs.FileType.Directory
-            and i.base_name.startswith("checkpoint_")
-            and i.base_name > current
-        ),
-        reverse=True,
+    if not found or found[0][0] <= current or found[0][1] == path:
+        return checkpoint
+    epoch, newest = found[0]
+    warnings.warn(
+        "Tune restores this trial from "
+        + (f"{checkpoint.path} (epoch {current})" if checkpoint else "scratch")
+        + f", but its newer checkpoint {newest} (epoch {epoch}) exists (the driver stopped before "
+        "recording it): resuming from that one.",
+        stacklevel=2,
     )
-    for path in newer:
-        try:
-            files = fs.get_file_info(pafs.FileSelector(path))
-        except OSError:
-            continue
-        if any(f.base_name.startswith("ckpt-") and f.base_name.endswith(".pt") for f in files):
-            warnings.warn(
-                f"Tune restores this trial from {checkpoint.path if checkpoint else 'scratch'}, "
-                f"but its newer checkpoint {path} exists (the driver stopped before recording "
-                "it): resuming from that one.",
-                stacklevel=2,
-            )
-            return tune.Checkpoint(path, filesystem=fs)
-    return checkpoint
+    return tune.Checkpoint(newest, filesystem=fs)
 
 
 def _restore_state(checkpoint: tune.Checkpoint) -> Any:
     """The TrainState in Tune's latest checkpoint of this trial, or, when that one is damaged
-    (checksum mismatch, truncated, missing file), in the newest older checkpoint that verifies.
-    A trial that has a checkpoint never silently starts again from epoch 0: with no usable
-    checkpoint left this raises CheckpointError."""
+    (checksum mismatch, truncated, missing file), in the newest older checkpoint file of the trial
+    that verifies (ordered by the epoch in its name, never by folder name). A trial that has a
+    checkpoint never silently starts again from epoch 0: with no usable checkpoint left this
+    raises CheckpointError."""
     errors = []
-    for candidate in [checkpoint, *_older_checkpoints(checkpoint)]:
+    for epoch, folder in _candidates(checkpoint):
+        candidate = tune.Checkpoint(folder, filesystem=checkpoint.filesystem)
         try:
             with candidate.as_directory() as ckpt_dir:
-                state = load_latest_checkpoint(Path(ckpt_dir))
+                if epoch is None:
+                    state = load_latest_checkpoint(Path(ckpt_dir))
+                else:
+                    state = load_checkpoint(checkpoint_path(Path(ckpt_dir), epoch))
         except CheckpointError as exc:
             errors.append(str(exc))
             continue
         if state is None:
-            errors.append(f"{candidate.path} holds no dmx checkpoint file.")
+            errors.append(f"{folder} holds no dmx checkpoint file.")
             continue
-        if candidate is not checkpoint:
+        if errors:
             warnings.warn(
-                f"Tune's latest checkpoint {checkpoint.path} is unusable; resuming from "
-                f"{candidate.path} (epoch {state.epoch}) instead.",
+                f"Tune's latest checkpoint {checkpoint.path} is unusable ({errors[0]}); resuming "
+                f"from {folder} (epoch {state.epoch}) instead.",
                 stacklevel=2,
             )
         return state
@@ -290,7 +336,9 @@ def train_trial(
     keys) over `base_config` (the driver's flat config, labels already made)."""
     torch.set_num_threads(max(1, int(context.cpus_per_trial)))
     trial_id = tune.get_context().get_trial_id()
-    cfg = Config.from_flat({**base_config, **params})
+    # Resolved: a searched "auto" choice (or an old sweep's base config) becomes the concrete value
+    # this trial trains with, recorded as such in MLflow and used for ASHA's clock.
+    cfg = Config.from_flat({**base_config, **params}).resolved()
     _check_label_file(cfg, context, trial_id)
 
     _fail_fast_if_nonfinite(context.session)
@@ -320,4 +368,13 @@ def train_trial(
         raise
 
 
-__all__ = ["NONFINITE_FILE", "TIME_ATTR", "TrialContext", "TuneReporter", "dm_epoch", "train_trial"]
+__all__ = [
+    "NONFINITE_FILE",
+    "TIME_ATTR",
+    "TrialContext",
+    "TuneReporter",
+    "checkpoint_epoch",
+    "dm_epoch",
+    "train_trial",
+    "trial_checkpoints",
+]

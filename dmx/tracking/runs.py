@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import RunTag
+from mlflow.exceptions import MlflowException
 
 from dmx.files import write_parquet_atomic
 from dmx.reporting import CLEAN_PROBS_FILE, CONFIG_FILE, NOISY_LABELS_FILE, Reporter
@@ -132,9 +134,10 @@ def log_trial_artifact(
 # --------------------------------------------------------------------------------------------
 class MlflowReporter(Reporter):
     """Logs a run of `fit` to the MLflow run of `logger`: at the start the run id goes into the
-    TrainState (so every checkpoint names its run) and config.json + noisy_labels.parquet are
-    logged; each epoch's metrics with step = epoch (steps the run holds are skipped); at the end
-    clean_probs.parquet. `finish` / `fail` end the run; the caller decides which."""
+    TrainState (so every checkpoint names its run), config.json + noisy_labels.parquet are logged
+    and so are the resumed state's epochs that the run lacks; each epoch's metrics with step =
+    epoch (steps the run holds are skipped); at the end clean_probs.parquet. `finish` / `fail`
+    end the run; the caller decides which."""
 
     def __init__(self, logger: RunLogger) -> None:
         self.logger = logger
@@ -147,9 +150,14 @@ class MlflowReporter(Reporter):
         state.mlflow_run_id = self.logger.run_id
         with tempfile.TemporaryDirectory(prefix="dmx-mlflow-") as tmp:
             (Path(tmp) / CONFIG_FILE).write_text(cfg.to_json() + "\n")
-            shutil.copyfile(data.noisy.path, Path(tmp) / NOISY_LABELS_FILE)
+            data.noisy.save_parquet(Path(tmp) / NOISY_LABELS_FILE)
             for name in (CONFIG_FILE, NOISY_LABELS_FILE):
                 self.logger.log_artifact(Path(tmp) / name)
+        # The checkpoint is written before MLflow hears of its epoch: a process killed in between
+        # left epochs that the resumed state holds and the run lacks. Log them now (steps the run
+        # holds are skipped, so nothing is logged twice).
+        for metrics in getattr(state, "metrics_history", []):
+            self.logger.log_metrics(metrics, step=int(metrics["epoch"]))
 
     def epoch_end(self, epoch: int, metrics: Mapping[str, float], state: Any) -> None:
         state.mlflow_run_id = self.logger.run_id
@@ -170,36 +178,109 @@ class MlflowReporter(Reporter):
             self.logger.finish("FAILED", reason=f"{type(exc).__name__}: {exc}")
 
 
+FAILURE_TAG = "dmx.failure_reason"  # set by RunLogger.finish on FAILED / KILLED
+RESTORED_TAG = "dmx.restored_from_epoch"
+
+
+def display_path(path: str | Path) -> str:
+    """`path` as text MLflow can store: a name that is not UTF-8 (undecodable bytes kept by
+    Python as surrogates) shows those bytes as `\\xNN` instead of failing the store's encoder."""
+    return os.fsencode(str(path)).decode("utf-8", errors="backslashreplace")
+
+
+class TrainRunReporter(MlflowReporter):
+    """The MLflow run of one `dmx train`, opened when the loop starts (`start`), so that an error
+    found before training (bad data, a resume with another config) creates or touches no run.
+
+    Which run: the one whose id the resumed checkpoint carries (`resume_id`, written into the
+    TrainState by `MlflowReporter.start` before the first checkpoint), when this store holds it;
+    otherwise a NEW run. Never a run found by its run directory: a folder emptied or deleted and
+    used again is a new run, not the continuation of whatever once trained there."""
+
+    def __init__(
+        self, uri: str, experiment_id: str, *, run_dir: Path | None, resume_id: str = ""
+    ) -> None:
+        self.uri, self.experiment_id = uri, experiment_id
+        self.run_dir, self.resume_id = run_dir, resume_id
+        self.logger: RunLogger | None = None  # type: ignore[assignment]
+
+    @property
+    def run_id(self) -> str:
+        return self.logger.run_id if self.logger is not None else ""
+
+    def start(self, cfg: Any, data: Any, state: Any) -> None:
+        self.logger = self._open(cfg, state)
+        super().start(cfg, data, state)
+
+    def finish(self, state: Any = None) -> None:
+        if self.logger is not None:
+            super().finish(state)
+
+    def fail(self, exc: BaseException) -> None:
+        if self.logger is not None:
+            super().fail(exc)
+
+    def _stored_run(self, client: MlflowClient) -> str | None:
+        if not self.resume_id:
+            return None
+        try:
+            run = retry(lambda: client.get_run(self.resume_id))
+        except MlflowException:
+            run = None
+        if run is None or run.info.lifecycle_stage != "active":
+            warnings.warn(
+                f"The checkpoint names MLflow run {self.resume_id}, which the store {self.uri} "
+                "does not hold (another store, or deleted): this resume logs to a new run.",
+                stacklevel=2,
+            )
+            return None
+        return self.resume_id
+
+    def _open(self, cfg: Any, state: Any) -> RunLogger:
+        client = MlflowClient(self.uri)
+        tags = provenance_tags(preset=getattr(cfg, "preset", ""))
+        if self.run_dir is not None:
+            tags[RUN_DIR_TAG] = display_path(self.run_dir)  # information only, never searched
+        run_id = self._stored_run(client)
+        if run_id is None:
+            name = display_path(self.run_dir.name) if self.run_dir is not None else None
+            run = retry(
+                lambda: client.create_run(
+                    self.experiment_id, tags={ROLE_TAG: "train", **tags}, run_name=name
+                )
+            )
+            logger = RunLogger(self.uri, run.info.run_id)
+        else:
+            logger = RunLogger(self.uri, run_id)  # RUNNING again
+            previous = retry(lambda: client.get_run(run_id)).data.tags.get(FAILURE_TAG)
+            if previous:  # this run goes on: the last attempt's failure is history, not status
+                tags["dmx.previous_failure_reason"] = previous
+                retry(lambda: client.delete_tag(run_id, FAILURE_TAG))
+            tags[RESTORED_TAG] = str(getattr(state, "epoch", 0))
+            logger.set_tags(tags)
+        resolved = cfg.resolved() if hasattr(cfg, "resolved") else cfg
+        logger.log_params(resolved.to_flat())
+        return logger
+
+
 def train_reporter(
-    cfg: Any,
     *,
     run_dir: str | Path | None = None,
     tracking_uri: str | None = None,
     experiment: str = "dmx-train",
     state: Any = None,
-) -> MlflowReporter:
-    """Create or resume the MLflow run of a standalone `dmx train` (tagged `dmx.role=train`).
+) -> TrainRunReporter:
+    """The MLflow reporter of a standalone `dmx train` (runs tagged `dmx.role=train`).
 
-    `cfg` is a `dmx.config.Config`; `state` the TrainState being resumed (or None)."""
+    The store is checked now (an unusable URI is a TrackingError before any training); the run is
+    opened by `start`: the run stored in `state` (the TrainState being resumed) when the store
+    holds it, else a new run. `run_dir` is recorded as the `dmx.run_dir` tag and run name only."""
     uri = check_tracking_uri(resolve_tracking_uri(tracking_uri))
     client = MlflowClient(uri)
     experiment_id = retry(lambda: get_or_create_experiment(client, experiment, uri))
-    run_dir = Path(run_dir).resolve() if run_dir is not None else None
-    key_tags = {ROLE_TAG: "train"}
-    if run_dir is not None:
-        key_tags[RUN_DIR_TAG] = str(run_dir)
-    stored_id = getattr(state, "mlflow_run_id", "") if state is not None else ""
-    if run_dir is None and not stored_id:
-        # Without a run directory there is nothing to find the run by: always a new one.
-        run = retry(lambda: client.create_run(experiment_id, tags=key_tags))
-        stored_id = run.info.run_id
-    logger = open_run(
+    return TrainRunReporter(
         uri,
         experiment_id,
-        key_tags=key_tags,
-        tags=provenance_tags(preset=getattr(cfg, "preset", "")),
-        run_name=run_dir.name if run_dir is not None else None,
-        run_id=stored_id or None,
+        run_dir=Path(run_dir).resolve() if run_dir is not None else None,
+        resume_id=getattr(state, "mlflow_run_id", "") if state is not None else "",
     )
-    logger.log_params(cfg.to_flat())
-    return MlflowReporter(logger)

@@ -3,14 +3,17 @@ by tags, the `RunLogger` that writes one run, and the read / attach helpers of t
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -147,11 +150,34 @@ def param_values(flat: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+@contextlib.contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt. A store write
+    interrupted halfway leaves an sqlite transaction open whose lock this very process then waits
+    on when it marks the run KILLED; deferring the signal keeps every write whole. Only the main
+    thread can install handlers: elsewhere the block runs as is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught and callable(previous):
+        previous(signal.SIGINT, None)  # Python's default handler raises KeyboardInterrupt
+    elif caught and previous == signal.SIG_DFL:
+        raise KeyboardInterrupt
+
+
 def retry(call: Callable[[], T], *, attempts: int = 8) -> T:
-    """Retry a store call that failed because a concurrent writer held the sqlite lock."""
+    """Retry a store call that failed because a concurrent writer held the sqlite lock. Each
+    attempt runs whole: a Ctrl-C during it is raised after it (`sigint_deferred`)."""
     for i in range(attempts):
         try:
-            return call()
+            with sigint_deferred():
+                return call()
         except Exception as exc:
             if i == attempts - 1 or "locked" not in str(exc).lower():
                 raise
