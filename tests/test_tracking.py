@@ -216,8 +216,13 @@ def test_a_ctrl_c_during_a_store_write_lands_after_it():
         done.append("whole")
         return 1
 
-    with pytest.raises(KeyboardInterrupt):
-        retry(write)
-    assert done == ["whole"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
-    assert retry(lambda: 2) == 2  # and nothing pending afterwards
+    # Python's own Ctrl-C handler (an earlier test in this process may have left Ray Tune's).
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            retry(write)
+        assert done == ["whole"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+        assert retry(lambda: 2) == 2  # and nothing pending afterwards
+    finally:
+        signal.signal(signal.SIGINT, before)
