@@ -20,13 +20,19 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of the file at `path`, read in 1 MiB chunks (checkpoints can be large)."""
+def sha256_stream(stream: Any) -> str:
+    """Hex sha256 of what a binary file object yields, read in 1 MiB chunks (checkpoints can be
+    large); any object with `read(n)` serves, e.g. a pyarrow input stream of remote storage."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+    while chunk := stream.read(1 << 20):
+        h.update(chunk)
     return h.hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of the file at `path`."""
+    with open(path, "rb") as f:
+        return sha256_stream(f)
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -64,4 +70,10 @@ def write_parquet_atomic(table: Any, path: str | Path) -> None:
     atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-__all__ = ["atomic_write_bytes", "sha256_bytes", "sha256_file", "write_parquet_atomic"]
+__all__ = [
+    "atomic_write_bytes",
+    "sha256_bytes",
+    "sha256_file",
+    "sha256_stream",
+    "write_parquet_atomic",
+]

@@ -25,7 +25,7 @@ import pytest
 from mlflow import MlflowClient
 
 from dmx import tracking
-from dmx.state import load_latest_checkpoint
+from dmx.state import CheckpointError, checkpoint_path, load_checkpoint, load_latest_checkpoint
 from dmx.sweep.trial import trial_checkpoints
 from tests.fixtures import write_cifar_fixture
 
@@ -72,6 +72,13 @@ def _kill_marked(marker: str) -> None:
             except ProcessLookupError:
                 pass
         time.sleep(0.5)
+
+
+def _loads(folder: Path, epoch: int) -> bool:
+    try:
+        return load_checkpoint(checkpoint_path(folder, epoch)).epoch == epoch
+    except CheckpointError:
+        return False
 
 
 def _rows(trial_dir: Path) -> list[dict]:
@@ -128,13 +135,22 @@ def test_killed_driver_resumes_the_searcher_and_each_trial_from_its_checkpoint(t
         proc.wait()
         _kill_marked(marker)
         killed_at = time.perf_counter() - start
-        had = {}  # trial -> epochs in its newest checkpoint when the driver died
+        # trial -> epochs in its newest INTACT checkpoint when the driver died. The kill may
+        # land while Tune copies a checkpoint to storage: that copy is torn, Tune never recorded
+        # it, and the trial resumes from the newest intact one (or from scratch: `torn`).
+        had, torn = {}, []
         for trial_dir in sweep_dir.glob("trial_*"):
-            ckpts = sorted(trial_dir.glob("checkpoint_*"))
-            if ckpts:
-                had[trial_dir.name] = load_latest_checkpoint(ckpts[-1]).epoch
+            intact = [
+                epoch
+                for epoch, folder in trial_checkpoints(pafs.LocalFileSystem(), str(trial_dir))
+                if _loads(Path(folder), epoch)
+            ]
+            if intact:
+                had[trial_dir.name] = intact[0]
+            elif list(trial_dir.glob("checkpoint_*/ckpt-*.pt")):
+                torn.append(trial_dir.name)
         trials_before = len(list(sweep_dir.glob("trial_*")))
-        assert had and trials_before < SAMPLES, (had, trials_before)
+        assert (had or torn) and trials_before < SAMPLES, (had, torn, trials_before)
 
         resumed = _driver(["--resume", *common], marker=marker, log=tmp_path / "resume.log")
         assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-5000:]
@@ -167,6 +183,11 @@ def test_killed_driver_resumes_the_searcher_and_each_trial_from_its_checkpoint(t
         # wrote; MLflow, written by the trial itself, has every epoch: checked below.)
         epochs = [e for e, _ in seen]
         assert len(epochs) == len(set(epochs)) and epochs[-1] == EPOCHS - 1, (name, seen)
+    for name in torn:  # its only checkpoint was half-copied: it started again from epoch 0
+        seen = [
+            (int(r["epoch"]), r.get("iterations_since_restore")) for r in _rows(sweep_dir / name)
+        ]
+        assert [e for e, _ in seen] == list(range(EPOCHS)), (name, seen)
 
     # Each trial's final checkpoint holds every epoch once. It is found by the epoch in its file
     # name, as the trials' recovery finds it: after the resume, Tune's folder counter may restart
@@ -201,7 +222,8 @@ def test_killed_driver_resumes_the_searcher_and_each_trial_from_its_checkpoint(t
             assert int(run.data.tags["dmx.restored_from_epoch"]) == epochs_done
     print(
         f"\ndriver kill: killed after {killed_at:.0f} s with {trials_before} trial(s) started, "
-        f"checkpoints {had}; after --resume {SAMPLES} distinct trials, epochs re-run 0, "
+        f"checkpoints {had}, torn copies {torn}; after --resume {SAMPLES} distinct trials, "
+        "no checkpointed epoch re-run, "
         f"checkpoint folders written twice {reused}, total {total:.0f} s"
     )
 

@@ -599,6 +599,38 @@ def test_recovery_orders_checkpoints_by_the_epoch_inside_not_the_folder_name(tmp
         trial_mod._restore_state(latest)
 
 
+def test_recovery_passes_over_a_checkpoint_the_killed_driver_left_half_copied(
+    tmp_path, monkeypatch
+):
+    """A driver SIGKILLed while Tune copied a trial's checkpoint to storage leaves a truncated
+    file that Tune never recorded. The trial's recovery resumed from it and failed every retry
+    ("No usable checkpoint"); it now passes over it: the newest intact epoch, else scratch."""
+    import pyarrow.fs as pafs
+
+    from dmx.sweep import trial as trial_mod
+
+    trial = tmp_path / "trial_x"
+    _folders(trial, {"checkpoint_000000": [1], "checkpoint_000001": [2]})
+    torn = trial / "checkpoint_000001" / "ckpt-0002.pt"
+    torn.write_bytes(torn.read_bytes()[:100])  # the copy stopped part-way
+    fs = pafs.LocalFileSystem()
+    monkeypatch.setattr(trial_mod, "_trial_storage", lambda: (fs, str(trial)))
+    with pytest.warns(UserWarning, match=r"checkpoint_000001 \(epoch 2\) is incomplete"):
+        chosen = trial_mod._newest_checkpoint(None)
+    assert chosen.path == str(trial / "checkpoint_000000")
+    assert trial_mod._restore_state(chosen).epoch == 1
+    # Tune restores from epoch 1 itself: the torn epoch 2 is passed over, Tune's choice kept.
+    latest = tune.Checkpoint(str(trial / "checkpoint_000000"))
+    with pytest.warns(UserWarning, match="incomplete"):
+        assert trial_mod._newest_checkpoint(latest) is latest
+    # The only checkpoint is torn (the first report's copy): the trial starts from scratch.
+    for f in (trial / "checkpoint_000000").iterdir():
+        f.unlink()
+    (trial / "checkpoint_000000").rmdir()
+    with pytest.warns(UserWarning, match="incomplete"):
+        assert trial_mod._newest_checkpoint(None) is None
+
+
 # ---- a driver killed after writing its spec, before Tune's first save (issue 11, item 6) --------
 def test_a_sweep_folder_without_tune_state_starts_cleanly_or_is_refused(tmp_path):
     from dmx.sweep.spec import SweepSpec, clear_unstarted, has_tune_state, write_spec

@@ -27,7 +27,7 @@ from ray import tune
 
 from dmx import tracking
 from dmx.config import Config
-from dmx.files import sha256_file
+from dmx.files import sha256_file, sha256_stream
 from dmx.reporting import Reporter, Reporters
 from dmx.state import (
     CheckpointError,
@@ -171,12 +171,28 @@ def _trial_storage() -> tuple[pafs.FileSystem, str] | None:
         return None
 
 
+def _intact(fs: pafs.FileSystem, folder: str, epoch: int) -> bool:
+    """Whether `folder`'s ckpt-EPOCH.pt matches its sha256 sidecar (read through `fs`, so remote
+    storage works too). A driver killed while Tune copied a trial's checkpoint to storage leaves
+    a truncated file that Tune never recorded."""
+    name = f"{folder}/{checkpoint_path(Path(), epoch).name}"
+    try:
+        with fs.open_input_stream(name + ".sha256") as fh:
+            expected = fh.read().decode().strip()
+        with fs.open_input_stream(name) as fh:
+            return sha256_stream(fh) == expected
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def _newest_checkpoint(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | None:
-    """The trial's checkpoint folder with the newest epoch, when that epoch is newer than the one
-    of the checkpoint Tune restores from. Tune saves its experiment state every ~10 s, so a driver
-    killed right after a trial's report restores that trial from the previous checkpoint, or from
-    none (epoch 0); the trial's storage folder has the newer one. A checkpoint whose epoch cannot
-    be read (its file is missing) is left to `_restore_state`'s fallback."""
+    """The trial's checkpoint folder with the newest INTACT epoch, when that epoch is newer than
+    the one of the checkpoint Tune restores from. Tune saves its experiment state every ~10 s, so
+    a driver killed right after a trial's report restores that trial from the previous
+    checkpoint, or from none (epoch 0); the trial's storage folder has the newer one. A newer one
+    that does not verify is a copy the killed driver left half-written (Tune never recorded it):
+    it is passed over with a warning. A checkpoint whose epoch cannot be read (its file is
+    missing) is left to `_restore_state`'s fallback."""
     try:
         if checkpoint is not None:
             fs, trial_path, path = _split(checkpoint)
@@ -191,17 +207,25 @@ def _newest_checkpoint(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | 
         found = trial_checkpoints(fs, trial_path)
     except Exception:  # noqa: BLE001 - keep Tune's choice when the folder cannot be listed
         return checkpoint
-    if not found or found[0][0] <= current or found[0][1] == path:
-        return checkpoint
-    epoch, newest = found[0]
-    warnings.warn(
-        "Tune restores this trial from "
-        + (f"{checkpoint.path} (epoch {current})" if checkpoint else "scratch")
-        + f", but its newer checkpoint {newest} (epoch {epoch}) exists (the driver stopped before "
-        "recording it): resuming from that one.",
-        stacklevel=2,
-    )
-    return tune.Checkpoint(newest, filesystem=fs)
+    for epoch, newest in found:
+        if epoch <= current or newest == path:
+            return checkpoint
+        if not _intact(fs, newest, epoch):
+            warnings.warn(
+                f"Checkpoint {newest} (epoch {epoch}) is incomplete (its file does not match its "
+                "checksum: the driver stopped while it was being copied); passing it over.",
+                stacklevel=2,
+            )
+            continue
+        warnings.warn(
+            "Tune restores this trial from "
+            + (f"{checkpoint.path} (epoch {current})" if checkpoint else "scratch")
+            + f", but its newer checkpoint {newest} (epoch {epoch}) exists (the driver stopped "
+            "before recording it): resuming from that one.",
+            stacklevel=2,
+        )
+        return tune.Checkpoint(newest, filesystem=fs)
+    return checkpoint
 
 
 def _restore_state(checkpoint: tune.Checkpoint) -> Any:
