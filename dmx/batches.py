@@ -1,6 +1,7 @@
 """How the loop cuts index sets into batches: consecutive slices as the reference's DataLoader
-(no drop_last), an endless reshuffled cycle for the unlabelled set, and the one place that
-handles a batch of ONE sample for nets that cannot take a train-mode pass on it."""
+(no drop_last), an endless reshuffled cycle for the unlabelled set, the class-balanced subsets of
+the reference's Clothing1M loader, and the one place that handles a batch of ONE sample for nets
+that cannot take a train-mode pass on it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from dmx.prepare import DeviceData
+from dmx.data.views import TrainData
 
 
 def cycle_batches(
@@ -40,19 +41,33 @@ def index_batches(
     return batches
 
 
-def trains_on_one_sample(net: nn.Module, data: DeviceData) -> bool:
+def balanced_subset(
+    labels: torch.Tensor, size: int, num_classes: int, gen: torch.Generator
+) -> torch.Tensor:
+    """(M,) indices of a class-balanced random subset of `labels` (N,), M <= `size`, in random
+    order: the reference's Clothing1M loader, which walks a shuffled list and keeps a sample while
+    its class has fewer than size / num_classes and the subset fewer than `size` (a class with
+    fewer samples gives all it has)."""
+    order = torch.randperm(len(labels), generator=gen)  # (N,)
+    y = labels.cpu()[order]
+    onehot = torch.nn.functional.one_hot(y, num_classes)  # (N, C)
+    rank = (onehot.cumsum(0) * onehot).sum(1) - 1  # (N,) how many of its class came before
+    return order[rank < size / num_classes][:size]
+
+
+def trains_on_one_sample(net: nn.Module, data: TrainData) -> bool:
     """Whether `net` can run in train mode on a batch of ONE sample. BatchNorm in train mode needs
     more than one value per channel: the reference's PreAct ResNet-18 ends at 4x4 maps on 32 px
     images and trains on such a batch (so dmx does too, as the reference), while small_cnn's last
     stage on 8x8 digits is 1x1 and would crash. Probed once, on a copy, with every random stream
     forked: the real net, its BatchNorm statistics and the run's randomness are untouched."""
-    if len(data.train_x) == 0:
+    if len(data) == 0:
         return True
     probe = copy.deepcopy(net).train()
     cuda = [data.device.index or 0] if data.device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
         try:
-            probe(data.plain_view(data.train_x[:1]))
+            probe(data.probe())
         except ValueError as exc:
             if "more than 1 value per channel" in str(exc):
                 return False
@@ -72,4 +87,10 @@ def two_views(
     return net(a).float(), net(b).float()
 
 
-__all__ = ["cycle_batches", "index_batches", "trains_on_one_sample", "two_views"]
+__all__ = [
+    "balanced_subset",
+    "cycle_batches",
+    "index_batches",
+    "trains_on_one_sample",
+    "two_views",
+]

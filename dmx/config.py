@@ -38,12 +38,17 @@ def _check(cond: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is invalid: {allowed}.")
 
 
+Pipeline = Literal["auto", "memory", "stream"]
+Resample = Literal["none", "balanced"]
+
+
 @dataclass(frozen=True)
 class DataConfig:
     dataset: str = "cifar10"
-    """Dataset name: cifar10, cifar100 or digits (scikit-learn's bundled 8x8 digits)."""
+    """Dataset name: cifar10, cifar100, digits (scikit-learn's bundled 8x8 digits), folder
+    (ROOT/<class name>/<image>), manifest (data.manifest), cub200, clothing1m, webvision."""
     root: str = "./data"
-    """Folder holding the dataset (e.g. ROOT/cifar-10-batches-py)."""
+    """Folder holding the dataset (e.g. ROOT/cifar-10-batches-py, or the image folder)."""
     download: bool = False
     """Download the dataset with torchvision when it is missing (needs internet)."""
     subset: int = 0
@@ -57,9 +62,48 @@ class DataConfig:
     split_seed: int = 0
     """Seed of the subset and validation split; kept apart from run.seed so that every trial of a
     sweep sees the same split while the trials' own randomness differs."""
+    test_root: str = ""
+    """dataset=folder: the test folder (same ROOT/<class name>/<image> layout); empty = no test
+    set (then only the validation splits are reported)."""
+    val_root: str = ""
+    """dataset=folder: an optional CLEAN validation folder (per-net accuracy every epoch)."""
+    manifest: str = ""
+    """dataset=manifest: a CSV or parquet file with columns path,label and optionally true_label
+    and split (train/val/test); paths relative to the manifest's folder."""
+    classes_file: str = ""
+    """Class names, one per line, for a manifest whose labels are integers (names are shown
+    wherever a label is shown)."""
+    image_size: int = 0
+    """File datasets: network input size (square crop); 0 = the dataset's or the model's own
+    (224 for ImageNet backbones, 32 for the small CIFAR nets)."""
+    resize: int = 0
+    """File datasets: shorter side resized to this before cropping; 0 = the dataset's or the
+    model's own (256 for a 224 crop)."""
+    pipeline: Pipeline = "auto"
+    """File datasets: memory (decode once into uint8 tensors, cached on disk), stream (decode
+    per batch in DataLoader workers) or auto (memory when images are at most 64 px and fit
+    data.memory_budget_mb)."""
+    memory_budget_mb: int = 4096
+    """Largest decoded training + test set the memory pipeline may hold (auto pipeline)."""
+    num_workers: int = 4
+    """DataLoader worker processes of the streaming pipeline (0 = decode in the main process);
+    results do not depend on it."""
+    skip_bad_images: bool = False
+    """Leave out images that cannot be decoded (listed in a warning and in bad_images.txt)
+    instead of stopping with an error naming them."""
 
     def __post_init__(self) -> None:
         _check(bool(self.dataset), "data.dataset", self.dataset, "name a dataset")
+        _check(self.image_size >= 0, "data.image_size", self.image_size, "must be >= 0 (0 = auto)")
+        _check(self.resize >= 0, "data.resize", self.resize, "must be >= 0 (0 = auto)")
+        _check(
+            self.pipeline in typing.get_args(Pipeline),
+            "data.pipeline",
+            self.pipeline,
+            f"must be one of {typing.get_args(Pipeline)}",
+        )
+        _check(self.memory_budget_mb >= 0, "data.memory_budget_mb", self.memory_budget_mb, ">= 0")
+        _check(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
         _check(self.subset >= 0, "data.subset", self.subset, "must be >= 0 (0 = all)")
         _check(self.test_subset >= 0, "data.test_subset", self.test_subset, "must be >= 0")
         _check(
@@ -203,6 +247,21 @@ class DivideMixConfig:
     """GaussianMixture tol (reference: 1e-2)."""
     gmm_reg_covar: float = 5e-4
     """GaussianMixture reg_covar (reference: 5e-4)."""
+    resample: Resample = "none"
+    """none (every epoch sees the whole training set, as on CIFAR) or balanced (the reference's
+    Clothing1M): every epoch each net warms up on its own fresh class-balanced subset of
+    num_batches x warmup_batch_size images, divides a fresh class-balanced subset of
+    num_batches x batch_size images, and its PEER trains on that subset's division."""
+    num_batches: int = 1000
+    """resample=balanced: batches per epoch that size the subsets (reference: 1000)."""
+    mix_labeled_only: bool = False
+    """Train only on the first 2B rows of the mixed batch (their mixing partners may be
+    unlabelled): loss = Lx + prior penalty, no Lu, no ramp-up (the reference's Clothing1M and
+    WebVision scripts). Off: the CIFAR recipe, Lx + lambda_u * Lu + penalty on all rows."""
+    peer_snapshot: bool = False
+    """Deviation: net2 co-guesses with net1 as it was at the START of the epoch (the reference's
+    Train_webvision_parallel.py, where both nets train at once on two GPUs); off: net2's peer is
+    the net1 of this epoch's update, as Train_cifar.py."""
 
     def __post_init__(self) -> None:
         _check(
@@ -242,6 +301,19 @@ class DivideMixConfig:
         _check(
             self.gmm_reg_covar >= 0, "dividemix.gmm_reg_covar", self.gmm_reg_covar, "must be >= 0"
         )
+        _check(
+            self.resample in typing.get_args(Resample),
+            "dividemix.resample",
+            self.resample,
+            f"must be one of {typing.get_args(Resample)}",
+        )
+        _check(self.num_batches >= 1, "dividemix.num_batches", self.num_batches, "must be >= 1")
+        _check(
+            self.resample == "none" or self.loss_history_window in (AUTO, 1),
+            "dividemix.loss_history_window",
+            self.loss_history_window,
+            "must be 1 (or auto) with dividemix.resample=balanced (each epoch divides new samples)",
+        )
 
 
 Precision = Literal["fp32", "bf16"]
@@ -264,6 +336,10 @@ class RunConfig:
     keep_checkpoints: int = 2
     """How many epoch checkpoints to keep in RUN_DIR/checkpoints (>= 2 lets a corrupt latest
     checkpoint fall back to the previous one)."""
+    best_on_clean_val: bool = False
+    """Keep each net's weights of its best epoch on the dataset's clean validation split and
+    report the test accuracy of those two as an ensemble at the end (final_test_acc; the
+    reference's Clothing1M). Needs a dataset with a clean validation split."""
 
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "run.epochs", self.epochs, "must be >= 1")

@@ -1,6 +1,6 @@
 """Everything the loop computes with a net in eval mode on un-augmented images: logits, the
 division of one net (per-sample loss -> loss history -> GMM -> clean probability -> labelled
-mask), the test / validation accuracies, and the final per-sample report.
+mask), the accuracies of every evaluation split, and the final per-sample report.
 
 The division is written once, here: the loop divides with it every DivideMix epoch, and the
 per-sample report at the end runs the same sequence on the final nets.
@@ -19,8 +19,11 @@ from torch import nn
 
 from dmx import divide, metrics
 from dmx.config import Config
-from dmx.prepare import DeviceData, PreparedData
+from dmx.data.views import CLEAN_VAL, NOISY_VAL, TEST, TRAIN, TrainData
+from dmx.prepare import PreparedData
 from dmx.state import TrainState
+
+TOP5_MIN_CLASSES = 6  # top-5 accuracy is reported where it says something: more than 5 classes
 
 
 def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
@@ -30,26 +33,31 @@ def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextMan
     return contextlib.nullcontext()
 
 
-@torch.no_grad()
 def predict_logits(
-    net: nn.Module, images_u8: torch.Tensor, data: DeviceData, cfg: Config
+    net: nn.Module, data: TrainData, split: str, cfg: Config, idx: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """(N, C) float32 logits of `net` in eval mode on un-augmented images."""
+    """(M, C) float32 logits of `net` in eval mode on the un-augmented images of `split` (rows
+    `idx` of it, default all), on the data's device."""
     net.eval()
     out = []
-    for chunk in torch.split(images_u8, cfg.optim.eval_batch_size):
-        with autocast(cfg, data.device):
-            out.append(net(data.plain_view(chunk)).float())
+    with torch.inference_mode():
+        for x in data.eval_batches(split, batch_size=cfg.optim.eval_batch_size, idx=idx):
+            with autocast(cfg, data.device):
+                out.append(net(x).float())
     if not out:
         return torch.empty(0, data.num_classes, device=data.device)
-    return torch.cat(out)
+    return torch.cat(out).clone()  # a normal tensor: usable outside inference mode
 
 
-def division_losses(net: nn.Module, data: DeviceData, cfg: Config) -> torch.Tensor:
-    """(N,) per-sample CE of `net` (eval mode, un-augmented) against the noisy labels, min-max
-    normalised to [0, 1] as the reference does before the GMM."""
-    logits = predict_logits(net, data.train_x, data, cfg)
-    losses = F.cross_entropy(logits, data.noisy_y, reduction="none")
+def division_losses(
+    net: nn.Module, data: TrainData, cfg: Config, idx: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(M,) per-sample CE of `net` (eval mode, un-augmented) against the noisy labels of the
+    training samples `idx` (default all), min-max normalised to [0, 1] as the reference does
+    before the GMM; on the CPU."""
+    logits = predict_logits(net, data, TRAIN, cfg, idx)
+    labels = data.noisy_y if idx is None else data.noisy_y[idx.to(data.device)]
+    losses = F.cross_entropy(logits, labels, reduction="none")
     return divide.normalize_losses(losses.cpu())
 
 
@@ -62,57 +70,84 @@ def append_history(history: torch.Tensor | None, losses: torch.Tensor, window: i
 
 @dataclass(frozen=True)
 class Division:
-    """One net's division of the training set: what its PEER trains on (co-divide)."""
+    """One net's division of (a subset of) the training set: what its PEER trains on."""
 
-    losses: torch.Tensor  # (N,) normalised per-sample losses of this epoch
-    history: torch.Tensor  # (k, N) the net's loss history including this epoch
-    clean_prob: np.ndarray  # (N,) float64 posterior of the clean component
-    labeled_mask: np.ndarray  # (N,) bool, clean_prob > p_threshold
+    indices: np.ndarray  # (M,) positions in the training split that were divided
+    losses: torch.Tensor  # (M,) normalised per-sample losses of this epoch
+    history: torch.Tensor | None  # (k, N) the net's loss history (None: divided a subset)
+    clean_prob: np.ndarray  # (M,) float64 posterior of the clean component
+    labeled_mask: np.ndarray  # (M,) bool, clean_prob > p_threshold
 
 
 def divide_net(
-    net: nn.Module, history: torch.Tensor | None, data: DeviceData, cfg: Config, *, seed: int
+    net: nn.Module,
+    history: torch.Tensor | None,
+    data: TrainData,
+    cfg: Config,
+    *,
+    seed: int,
+    subset: np.ndarray | None = None,
 ) -> Division:
-    """Losses -> history -> GMM (seeded) -> clean probability -> labelled mask."""
+    """Losses -> history -> GMM (seeded) -> clean probability -> labelled mask, over the whole
+    training split or, with `subset` (M,) (class-balanced resampling), over those samples only
+    (then without a history: the samples differ from epoch to epoch)."""
     dm = cfg.dividemix
-    losses = division_losses(net, data, cfg)
-    history = append_history(history, losses, dm.loss_history_window)
+    idx = None if subset is None else torch.from_numpy(subset)
+    losses = division_losses(net, data, cfg, idx)
+    if subset is None:
+        history = append_history(history, losses, dm.loss_history_window)
+        gmm_input = divide.history_input(history, window=dm.loss_history_window)
+        indices = np.arange(len(data))
+    else:
+        history, gmm_input, indices = None, losses, subset
     prob = divide.clean_probability(
-        divide.history_input(history, window=dm.loss_history_window),
+        gmm_input,
         seed=seed,
         max_iter=dm.gmm_max_iter,
         tol=dm.gmm_tol,
         reg_covar=dm.gmm_reg_covar,
     )
     mask = divide.co_divide(prob, p_threshold=dm.p_threshold)
-    return Division(losses, history, prob, mask)
+    return Division(indices, losses, history, prob, mask)
 
 
-def eval_metrics(nets: list[nn.Module], data: DeviceData, cfg: Config) -> dict[str, float]:
-    """Test accuracy of each net and of the ensemble (sum of logits), and the ensemble's accuracy
-    on the noisy validation split when there is one (the sweep objective)."""
-    logits = [predict_logits(n, data.test_x, data, cfg) for n in nets]
-    out = {
-        "test_acc_net1": metrics.accuracy(logits[0], data.test_y),
-        "test_acc_net2": metrics.accuracy(logits[1], data.test_y),
-        "test_acc": metrics.accuracy(logits[0] + logits[1], data.test_y),
-    }
-    if len(data.val_y):
-        val = sum(predict_logits(n, data.val_x, data, cfg) for n in nets)
-        out["val_acc"] = metrics.accuracy(val, data.val_y)
+def split_metrics(
+    logits: torch.Tensor, labels: torch.Tensor, name: str, num_classes: int
+) -> dict[str, float]:
+    """`{name}_acc` (top-1, %) and, with more than 5 classes, `{name}_top5`."""
+    out = {f"{name}_acc": metrics.accuracy(logits, labels)}
+    if num_classes >= TOP5_MIN_CLASSES:
+        out[f"{name}_top5"] = metrics.topk_accuracy(logits, labels, 5)
+    return out
+
+
+def eval_metrics(nets: list[nn.Module], data: TrainData, cfg: Config) -> dict[str, float]:
+    """Accuracies of the ensemble (sum of the two nets' logits) on every evaluation split:
+    `test_acc` (+ each net's), `val_acc` on the noisy validation split (the sweep objective),
+    `clean_val_acc` (+ each net's: best-checkpoint selection) and a dataset's extra test sets
+    (`imagenet_acc`, ...); top-5 beside top-1 where there are more than 5 classes."""
+    out: dict[str, float] = {}
+    for split in data.eval_splits:
+        logits = [predict_logits(n, data, split, cfg) for n in nets]
+        labels = data.eval_labels(split)
+        out.update(split_metrics(logits[0] + logits[1], labels, split, data.num_classes))
+        if split in (TEST, CLEAN_VAL):
+            for k, lg in enumerate(logits, start=1):
+                out[f"{split}_acc_net{k}"] = metrics.accuracy(lg, labels)
+    out.pop(f"{NOISY_VAL}_top5", None)  # the objective is top-1 on the noisy labels
     return out
 
 
 def sample_table(
-    nets: list[nn.Module], state: TrainState, data: DeviceData, prepared: PreparedData, cfg: Config
+    nets: list[nn.Module], state: TrainState, data: TrainData, prepared: PreparedData, cfg: Config
 ) -> pa.Table:
     """Per-sample table of the final division and ensemble prediction (the label-issue input,
-    written as clean_probs.parquet by the reporters).
+    written as clean_probs.parquet by the reporters). `true_label` is -1 where nobody knows it.
 
-    Clean probabilities come from a fresh division of the FINAL nets (each net's GMM on its own
-    normalised losses appended to its history, window as in training, one seed for both, drawn
-    from run.seed and the epoch, not from the loop's generators), so the table describes the
-    model that was saved and computing it changes nothing of the run."""
+    Clean probabilities come from a fresh division of the FINAL nets over the whole training split
+    (each net's GMM on its own normalised losses appended to its history, window as in training,
+    one seed for both, drawn from run.seed and the epoch, not from the loop's generators), so the
+    table describes the model that was saved and computing it changes nothing of the run."""
     seed = int(np.random.default_rng(cfg.run.seed + state.epoch).integers(2**31 - 1))
     histories = [state.loss_history1, state.loss_history2]
     train_idx = prepared.train_idx
@@ -125,7 +160,7 @@ def sample_table(
         div = divide_net(net, history, data, cfg, seed=seed)
         cols[f"clean_prob_net{k + 1}"] = np.asarray(div.clean_prob, dtype=np.float64)
         cols[f"loss_net{k + 1}"] = div.losses.numpy().astype(np.float32)
-    probs = sum(torch.softmax(predict_logits(n, data.train_x, data, cfg), dim=1) for n in nets)
+    probs = sum(torch.softmax(predict_logits(n, data, TRAIN, cfg), dim=1) for n in nets)
     probs = (probs / 2).cpu()  # (N, C)
     cols["pred_label"] = probs.argmax(1).numpy().astype(np.int64)
     given = torch.from_numpy(cols["given_label"])
@@ -135,11 +170,13 @@ def sample_table(
 
 __all__ = [
     "Division",
+    "TOP5_MIN_CLASSES",
     "append_history",
     "autocast",
     "divide_net",
     "division_losses",
+    "eval_metrics",
     "predict_logits",
     "sample_table",
-    "eval_metrics",
+    "split_metrics",
 ]

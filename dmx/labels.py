@@ -227,7 +227,9 @@ def _load_parquet(
             "it to regenerate."
         )
     if num_classes is not None and n:
-        lo, hi = int(min(true.min(), noisy.min())), int(max(true.max(), noisy.max()))
+        known = true[true >= 0]  # a negative true label is unknown (real-world data)
+        lo = int(min(known.min(), noisy.min())) if known.size else int(noisy.min())
+        hi = int(max(known.max(), noisy.max())) if known.size else int(noisy.max())
         if lo < 0 or hi >= num_classes:
             raise NoisyLabelFileError(
                 f"{path} has labels in [{lo}, {hi}] but the dataset has {num_classes} classes: "
@@ -243,6 +245,17 @@ def _load_parquet(
     )
 
 
+def training_truth(dataset: ImageDataset, noise: NoiseConfig | None = None) -> np.ndarray:
+    """(N,) int64: the true training labels as far as they are known. Noise made by a generator
+    (sym, asym, human) is measured against the labels it started from, the training files' own.
+    Without generated noise (mode none, or a label file) a clean benchmark's labels are the truth,
+    and a real-world noisy set has only what its `train_truth` knows (`dmx.data.UNKNOWN` else)."""
+    generated = noise is not None and noise.mode in ("sym", "asym", "human")
+    if dataset.train_truth is None or generated:
+        return dataset.train_labels.numpy().astype(np.int64)
+    return dataset.train_truth.numpy().astype(np.int64)
+
+
 def noise_params(dataset: ImageDataset, noise: NoiseConfig) -> dict[str, Any]:
     """The parameter dict that identifies a noisy-label vector (stored in, and naming, the file).
 
@@ -254,7 +267,11 @@ def noise_params(dataset: ImageDataset, noise: NoiseConfig) -> dict[str, Any]:
     true = dataset.train_labels.numpy().astype(np.int64)
     mode = noise.mode
     human = mode == "human"
+    truth = {}
+    if dataset.train_truth is not None and mode == "none":  # what the metrics measure against
+        truth["truth_sha256"] = sha256_bytes(training_truth(dataset, noise).tobytes())
     return {
+        **truth,
         "format": FORMAT_VERSION,
         "dataset": dataset.name,
         "mode": mode,
@@ -335,6 +352,6 @@ def make_or_load_noisy_labels(
             found = None  # damaged or foreign file under our name: regenerate over it
         if found is not None and found.params == params:
             return found
-    true = dataset.train_labels.numpy().astype(np.int64)
     noisy = _generate(dataset, params, noise.human_file)
+    true = training_truth(dataset, noise)
     return write_noisy_labels(path, true_labels=true, noisy_labels=noisy, params=params)

@@ -41,8 +41,10 @@ __all__ = [
     "MODELS",
     "PretrainedWeightsError",
     "WeightsFileError",
+    "INPUT_SIZES",
     "create_model",
     "inception_resnet_v2",
+    "input_size",
     "load_weights",
     "preact_resnet18",
     "pretrained_models",
@@ -348,6 +350,23 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": resnet50,
     "inception_resnet_v2": inception_resnet_v2,
 }
+
+
+# (resize, crop) of each registered network's input for file-backed datasets: the shorter side is
+# resized to `resize`, then a `crop` x `crop` square is cut. The CIFAR nets take 32 px images (as
+# stored in memory); the ImageNet-style ones the sizes of their reference recipes.
+INPUT_SIZES: dict[str, tuple[int, int]] = {
+    "preact_resnet18": (32, 32),
+    "small_cnn": (32, 32),
+    "resnet50": (256, 224),  # Clothing1M: Resize(256) + RandomCrop / CenterCrop(224)
+    "inception_resnet_v2": (320, 299),  # WebVision: Resize(320) + RandomResizedCrop(299)
+}
+
+
+def input_size(name: str) -> tuple[int, int]:
+    """(resize, crop) of the input `name` expects; (0, 0) when the network does not say (an
+    import path): the dataset's loader then chooses."""
+    return INPUT_SIZES.get(name, (0, 0))
 
 
 def pretrained_models() -> list[str]:

@@ -114,10 +114,16 @@ def asymmetric_noise(
 
 
 def noise_rate(true: np.ndarray, noisy: np.ndarray) -> float:
-    """Fraction of samples whose noisy label differs from the true one; (N,), (N,) -> float."""
+    """Fraction of samples whose noisy label differs from the true one; (N,), (N,) -> float.
+
+    A negative true label means "unknown" (real-world data where nobody checked the label): such
+    samples are left out; NaN when no true label is known at all."""
     true, noisy = np.asarray(true), np.asarray(noisy)
     if true.shape != noisy.shape or true.ndim != 1:
         raise ValueError(
             f"true {true.shape} and noisy {noisy.shape} labels must be 1-D of the same length."
         )
-    return float(np.mean(true != noisy)) if true.size else 0.0
+    if not true.size:
+        return 0.0
+    known = true >= 0
+    return float(np.mean(true[known] != noisy[known])) if known.any() else float("nan")

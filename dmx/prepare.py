@@ -9,16 +9,22 @@ preparing data twice gives the same indices and a resumed run sees the same spli
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from dmx.config import Config
-from dmx.data import ImageDataset, load_dataset
-from dmx.data.augment import normalize, random_crop_flip
-from dmx.labels import NoisyLabels, load_noisy_labels, make_or_load_noisy_labels
+from dmx.data import ImageDataset, Split, load_dataset
+from dmx.data.device import DeviceData
+from dmx.data.views import CLEAN_VAL, NOISY_VAL, TEST, LoopSplits, TrainData
+from dmx.labels import (
+    NoisyLabels,
+    load_noisy_labels,
+    make_or_load_noisy_labels,
+    training_truth,
+)
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,26 @@ class PreparedData:
     train_idx: np.ndarray  # (N,) indices into the dataset's training set used for training
     val_idx: np.ndarray  # (V,) held-out part of the NOISY training set (selection objective)
     test_idx: np.ndarray  # (M,) indices into the test set
+
+    def splits(self) -> LoopSplits:
+        """The run's splits with the labels the loop uses: the training split and the noisy
+        validation split carry the NOISY labels; test, the clean validation split and a
+        dataset's extra test sets their own (true) labels."""
+        ds, noisy = self.dataset, torch.from_numpy(self.noisy.noisy_labels)
+
+        def with_noisy(idx: np.ndarray) -> Split:
+            return replace(ds.train.select(idx), labels=noisy[torch.from_numpy(idx)])
+
+        evals = {}
+        if len(self.val_idx):
+            evals[NOISY_VAL] = with_noisy(self.val_idx)
+        if ds.val is not None:
+            evals[CLEAN_VAL] = ds.val
+        if len(self.test_idx):
+            evals[TEST] = ds.test.select(self.test_idx)
+        evals.update(ds.extra_tests)
+        true_y = self.noisy.true_labels[self.train_idx]
+        return LoopSplits(with_noisy(self.train_idx), true_y, evals)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,16 +97,49 @@ def _load_labels(cfg: Config, dataset: ImageDataset) -> NoisyLabels:
             Path(cfg.noise.label_file),
             expected_num_samples=num_train,
             num_classes=dataset.num_classes,
-            true_labels=dataset.train_labels.numpy(),  # JSON / NPY / CSV files carry no truth
+            true_labels=training_truth(dataset),  # JSON / NPY / CSV files carry no truth
         )
     cache = Path(cfg.noise.cache_dir or Path(cfg.data.root) / "noisy_labels").expanduser()
     return make_or_load_noisy_labels(dataset, cfg.noise, cache_dir=cache.resolve())
 
 
+FILE_OPTIONS = (
+    "test_root",
+    "val_root",
+    "manifest",
+    "classes_file",
+    "pipeline",
+    "memory_budget_mb",
+    "num_workers",
+    "skip_bad_images",
+)
+"""The data.* fields that file-backed loaders take (CIFAR and digits ignore them)."""
+
+
+def load_run_dataset(cfg: Config) -> ImageDataset:
+    """The dataset of `cfg`, with the options file-backed loaders need: the input size (the
+    config's, else the model's own: 224 after a 256 resize for ImageNet backbones) and the
+    normalisation (ImageNet's statistics for pretrained weights, else the dataset's own)."""
+    from dmx.models import input_size  # the model decides its input size when the config does not
+
+    model_resize, model_crop = input_size(cfg.model.name)
+    options = {key: getattr(cfg.data, key) for key in FILE_OPTIONS}
+    return load_dataset(
+        cfg.data.dataset,
+        Path(cfg.data.root),
+        download=cfg.data.download,
+        image_size=cfg.data.image_size or model_crop,
+        resize=cfg.data.resize or model_resize,
+        imagenet_stats=cfg.model.pretrained,
+        cache_dir=str(Path(cfg.data.root).expanduser() / ".dmx_cache"),
+        **options,
+    )
+
+
 def prepare_noisy_labels(cfg: Config) -> Config:
     """Create (or reuse) the persisted noisy labels of `cfg` and return cfg pointing at the file by
     absolute path. A sweep driver calls this once so that every trial trains on the same labels."""
-    dataset = load_dataset(cfg.data.dataset, Path(cfg.data.root), download=cfg.data.download)
+    dataset = load_run_dataset(cfg)
     noisy = _load_labels(cfg, dataset)
     root = str(Path(cfg.data.root).expanduser().resolve())
     return cfg.with_overrides(
@@ -89,7 +148,7 @@ def prepare_noisy_labels(cfg: Config) -> Config:
 
 
 def prepare_data(cfg: Config) -> PreparedData:
-    dataset = load_dataset(cfg.data.dataset, Path(cfg.data.root), download=cfg.data.download)
+    dataset = load_run_dataset(cfg)
     noisy = _load_labels(cfg, dataset)
     # Own streams for the split (the noise generator may use the same integer seed, and the same
     # stream would pick the same samples: the validation set would be exactly the flipped labels).
@@ -133,40 +192,37 @@ def prepare_data(cfg: Config) -> PreparedData:
     return PreparedData(dataset, noisy, train_idx, val_idx, test_idx)
 
 
-class DeviceData:
-    """The prepared data as device tensors, plus the train-time transform (uint8 -> augmented,
-    normalised float). What the loop sees of the data: index sets into `train_x`, never files."""
+def load_train_data(cfg: Config, prepared: PreparedData, device: torch.device) -> TrainData:
+    """The loop's data on `device`: uint8 tensors resident there (`DeviceData`) for in-memory
+    datasets, files streamed through DataLoader workers (`StreamData`) otherwise."""
+    ds = prepared.dataset
+    common = {
+        "num_classes": ds.num_classes,
+        "mean": ds.mean,
+        "std": ds.std,
+        "transforms": ds.transforms,
+        "device": device,
+        "channels_last": cfg.run.channels_last,
+    }
+    if ds.in_memory:
+        return DeviceData(prepared.splits(), **common)
+    from dmx.data.stream import StreamData  # DataLoader workers: only for file-backed data
 
-    def __init__(self, cfg: Config, data: PreparedData, device: torch.device) -> None:
-        ds = data.dataset
-        self.device = device
-        self.mean, self.std = ds.mean, ds.std
-        self.padding, self.hflip = ds.crop_padding, ds.hflip
-        self.channels_last = cfg.run.channels_last
-        # uint8 on the device: 4x smaller than float, augmentation and normalisation per batch.
-        self.train_x = ds.train_images[data.train_idx].to(device)  # (N, C, H, W) uint8
-        self.noisy_y = torch.from_numpy(data.noisy.noisy_labels[data.train_idx]).to(device)  # (N,)
-        self.true_y = data.noisy.true_labels[data.train_idx]  # (N,) numpy, metrics only
-        self.val_x = ds.train_images[data.val_idx].to(device)
-        self.val_y = torch.from_numpy(data.noisy.noisy_labels[data.val_idx]).to(device)
-        self.test_x = ds.test_images[data.test_idx].to(device)
-        self.test_y = ds.test_labels[data.test_idx].to(device)
-        self.num_classes = ds.num_classes
-
-    def _format(self, x: torch.Tensor) -> torch.Tensor:
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
-
-    def train_view(self, images_u8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        aug = random_crop_flip(images_u8, padding=self.padding, hflip=self.hflip, generator=gen)
-        return self._format(normalize(aug, self.mean, self.std))
-
-    def plain_view(self, images_u8: torch.Tensor) -> torch.Tensor:
-        return self._format(normalize(images_u8, self.mean, self.std))
+    return StreamData(
+        prepared.splits(),
+        **common,
+        channels=ds.channels,
+        num_workers=cfg.data.num_workers,
+        seed=cfg.run.seed,
+        skip_bad_images=cfg.data.skip_bad_images,
+    )
 
 
 __all__ = [
-    "DeviceData",
+    "FILE_OPTIONS",
     "PreparedData",
+    "load_run_dataset",
+    "load_train_data",
     "prepare_data",
     "prepare_noisy_labels",
     "resolve_device",

@@ -8,7 +8,7 @@ from pathlib import Path
 from dmx.config import Config
 from dmx.evaluate import sample_table
 from dmx.files import write_parquet_atomic
-from dmx.prepare import DeviceData, prepare_data, resolve_device
+from dmx.prepare import load_train_data, prepare_data, resolve_device
 from dmx.reporting import CLEAN_PROBS_FILE
 from dmx.state import load_latest_checkpoint
 from dmx.train import build_nets, check_resume
@@ -35,7 +35,7 @@ def sample_report_from_checkpoint(
     nets[0].load_state_dict(state.net1)
     nets[1].load_state_dict(state.net2)
     out = Path(path) if path is not None else checkpoint_dir / CLEAN_PROBS_FILE
-    table = sample_table(nets, state, DeviceData(cfg, prepared, dev), prepared, cfg)
+    table = sample_table(nets, state, load_train_data(cfg, prepared, dev), prepared, cfg)
     write_parquet_atomic(table, out)
     return out
 

@@ -52,6 +52,11 @@ class TrainState:
     noisy_labels_sha256: str = ""
     mlflow_run_id: str = ""
     """The MLflow run this state logs to, so a resumed run continues it."""
+    best_net1: dict[str, torch.Tensor] = field(default_factory=dict)
+    """run.best_on_clean_val: net1's weights of its best epoch on the clean validation split."""
+    best_net2: dict[str, torch.Tensor] = field(default_factory=dict)
+    best_clean_val: list[float] = field(default_factory=lambda: [-1.0, -1.0])
+    """Clean-validation accuracy (%) of best_net1 / best_net2 (-1: none kept yet)."""
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -1,74 +1,52 @@
 """The two-network DivideMix loop: warmup, divide, co-divide, train each net, evaluate, report.
 
 `fit` reads top to bottom as the reference's Train_cifar.py orders one epoch (DESIGN.md §3). The
-math lives in `dmx.divide` and `dmx.mixmatch`, the eval-mode passes in `dmx.evaluate`, the data in
-`dmx.prepare`; results go to a `dmx.reporting.Reporter` (this module writes no files).
+epochs of one net are in `dmx.steps`, the math in `dmx.divide` and `dmx.mixmatch`, the eval-mode
+passes in `dmx.evaluate`, the data in `dmx.prepare` / `dmx.data`; results go to a
+`dmx.reporting.Reporter` (this module writes no files). The recipe differences of the real-world
+benchmarks are config fields, not other loops: class-balanced resampling per epoch
+(`dividemix.resample`), the labelled-only MixMatch (`dividemix.mix_labeled_only`), best
+clean-validation checkpoints (`run.best_on_clean_val`), the peer's start-of-epoch copy
+(`dividemix.peer_snapshot`).
 
-All randomness of the loop (shuffles, augmentation, mixup permutation) comes from one CPU
-`torch.Generator`, Beta draws and GMM seeds from one numpy Generator; both are in the TrainState,
-so a resumed run is the run that was never interrupted (bit-identical on CPU).
+All randomness of the loop (shuffles, subsets, in-memory augmentation, mixup permutation) comes
+from one CPU `torch.Generator`, Beta draws and GMM seeds from one numpy Generator; both are in
+the TrainState, so a resumed run is the run that was never interrupted (bit-identical on CPU).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dmx import metrics, mixmatch
-from dmx.batches import cycle_batches, index_batches, trains_on_one_sample, two_views
+from dmx import metrics
+from dmx.batches import balanced_subset, trains_on_one_sample
 from dmx.config import Config
-from dmx.evaluate import Division, autocast, divide_net, eval_metrics, sample_table
+from dmx.data.views import CLEAN_VAL, TEST, TrainData
+from dmx.evaluate import (
+    Division,
+    divide_net,
+    eval_metrics,
+    predict_logits,
+    sample_table,
+    split_metrics,
+)
 from dmx.labels import NoisyLabels
 from dmx.models import create_model
-from dmx.prepare import DeviceData, PreparedData, prepare_data, resolve_device
+from dmx.prepare import PreparedData, load_train_data, prepare_data, resolve_device
 from dmx.reporting import Reporter
 from dmx.state import TrainState, rng_state, set_rng_state
-
-Progress = Callable[[str, int, int, dict[str, float]], None]
-"""progress(phase, batch_index, num_batches, info): called after every training batch."""
-
-NET_NAMES = ("net1", "net2")
-
-
-class NonFiniteLossError(FloatingPointError, RuntimeError):
-    """A NaN/inf loss: training stops, the last good checkpoint stays untouched. A RuntimeError
-    too, so the CLI reports it as one message (exit 2) like every other error with a fix."""
+from dmx.steps import NET_NAMES, Loop, NonFiniteLossError, Progress, dividemix_epoch, warmup_epoch
 
 
 class ResumeMismatchError(ValueError):
     """A checkpoint that belongs to a different run than the config asks for."""
-
-
-@dataclass(frozen=True)
-class Loop:
-    """What every epoch function needs besides its nets: the config, the device data and the
-    loop's two random generators (both saved in every checkpoint)."""
-
-    cfg: Config
-    data: DeviceData
-    gen: torch.Generator  # CPU: shuffles, augmentation, mixup permutations
-    np_rng: np.random.Generator  # Beta draws of mixup, GMM seeds
-    progress: Progress | None = None
-    single_sample_ok: bool = True  # the nets can take a train-mode pass on ONE sample
-
-    def __post_init__(self) -> None:
-        if self.cfg.auto_sources():  # "auto" is truthy: an unresolved flag would read as on
-            raise ValueError(
-                f"Loop needs a resolved config ({sorted(self.cfg.auto_sources())} are 'auto'): "
-                "pass cfg.resolved()."
-            )
-
-    @property
-    def device(self) -> torch.device:
-        return self.data.device
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,55 +64,49 @@ def fit(
     fields are resolved first, so the state and every reporter see the values that were used."""
     cfg = cfg.resolved()
     configure_determinism(cfg)
-    device = resolve_device(cfg.run.device)
     prepared = prepare_data(cfg)
     if state is not None:
         check_resume(cfg, state, prepared.noisy)
-    data = DeviceData(cfg, prepared, device)
+    data = load_train_data(cfg, prepared, resolve_device(cfg.run.device))
     nets, opts, loop, state = _start(cfg, prepared, data, state, progress)
     report = reporter or Reporter()
     report.start(cfg, prepared, state)
-    is_clean = data.true_y == prepared.noisy.noisy_labels[prepared.train_idx]  # (N,) bool
-    noise_rate = float(1.0 - is_clean.mean())  # realised on the training split
 
+    noise = noise_metrics(data)
     for epoch in range(state.epoch, cfg.run.epochs):
         start = time.perf_counter()
-        lr = set_learning_rate(opts, cfg, epoch)
-        m: dict[str, float] = {"epoch": epoch, "lr": lr, "noise_rate": noise_rate}
-        images = 0
+        m: dict[str, float] = {"epoch": epoch, "lr": set_learning_rate(opts, cfg, epoch), **noise}
         if epoch < cfg.dividemix.warmup_epochs:
             m["phase"] = 0
-            for net, opt, name in zip(nets, opts, NET_NAMES):
-                out, n = warmup_epoch(net, opt, loop, epoch=epoch, net_name=name)
-                m.update(out)
-                images += n
+            images = sum(
+                _add(m, warmup_epoch(net, opt, loop, epoch=epoch, net_id=k))
+                for k, (net, opt) in enumerate(zip(nets, opts))
+            )
         else:
             m["phase"] = 1
             # Eval for division: both nets divide BEFORE either trains this epoch.
-            histories = [state.loss_history1, state.loss_history2]
-            divisions = [
-                divide_net(net, hist, data, cfg, seed=int(loop.np_rng.integers(2**31 - 1)))
-                for net, hist in zip(nets, histories)
-            ]
-            _record_divisions(state, m, divisions, is_clean)
-            # Co-divide: each net trains on the division of its peer; net1 first, so net2's
-            # peer is the net1 of this epoch's update.
-            for k in (0, 1):
-                out, n = dividemix_epoch(
-                    nets[k],
-                    nets[1 - k],
-                    opts[k],
-                    loop,
-                    division=divisions[1 - k],
-                    epoch=epoch,
-                    net_name=NET_NAMES[k],
-                )
-                m.update(out)
-                images += n
-            m.update(_empty_split_flags(m, len(is_clean)))
+            divisions = [_divide(net, k, state, loop) for k, net in enumerate(nets)]
+            _record_divisions(state, m, divisions, data)
+            # Co-divide: each net trains on the division of its peer; net1 first, so net2's peer
+            # is the net1 of this epoch's update (or its start-of-epoch copy: peer_snapshot).
+            peer_of_net2 = copy.deepcopy(nets[0]) if cfg.dividemix.peer_snapshot else nets[0]
+            images = sum(
+                _add(
+                    m,
+                    dividemix_epoch(
+                        net, peer, opts[k], loop, division=divisions[1 - k], epoch=epoch, net_id=k
+                    ),
+                )  # fmt: skip
+                for k, (net, peer) in enumerate([(nets[0], nets[1]), (nets[1], peer_of_net2)])
+            )
+            m.update(_empty_split_flags(m, divisions))
         train_seconds = time.perf_counter() - start
 
         m.update(eval_metrics(nets, data, cfg))
+        if cfg.run.best_on_clean_val:
+            _keep_best(state, nets, m)
+            if epoch == cfg.run.epochs - 1:
+                m.update(final_test(state, nets, loop))
         m.update(_summary(state.metrics_history, m))
         m["epoch_seconds"] = time.perf_counter() - start
         m["images_per_second"] = images / max(train_seconds, 1e-9)
@@ -147,10 +119,16 @@ def fit(
     return state
 
 
+def _add(m: dict[str, float], result: tuple[dict[str, float], int]) -> int:
+    """Merge an epoch function's metrics into `m`; return its image count."""
+    m.update(result[0])
+    return result[1]
+
+
 def _start(
     cfg: Config,
     prepared: PreparedData,
-    data: DeviceData,
+    data: TrainData,
     state: TrainState | None,
     progress: Progress | None,
 ) -> tuple[list[nn.Module], list[torch.optim.Optimizer], Loop, TrainState]:
@@ -187,31 +165,104 @@ def _start(
     return nets, opts, loop, state
 
 
+def noise_metrics(data: TrainData) -> dict[str, float]:
+    """The realised noise rate of the training split (%), where the truth is known at all."""
+    known = data.true_y >= 0
+    if not known.any():
+        return {}
+    noisy = data.noisy_y.cpu().numpy()
+    return {"noise_rate": 100.0 * float(np.mean(noisy[known] != data.true_y[known]))}
+
+
+def _divide(net: nn.Module, k: int, state: TrainState, loop: Loop) -> Division:
+    """Net k's division: of the whole training split with its loss history, or, with
+    dividemix.resample=balanced, of a fresh class-balanced subset (the reference's Clothing1M)."""
+    cfg, data = loop.cfg, loop.data
+    subset = None
+    if cfg.dividemix.resample == "balanced":
+        size = cfg.dividemix.num_batches * cfg.optim.batch_size
+        subset = balanced_subset(data.noisy_y, size, data.num_classes, loop.gen)
+        subset = np.sort(subset.numpy())  # in file order: a streaming eval pass reads ahead
+    history = (state.loss_history1, state.loss_history2)[k]
+    seed = int(loop.np_rng.integers(2**31 - 1))
+    return divide_net(net, history, data, cfg, seed=seed, subset=subset)
+
+
 def _record_divisions(
-    state: TrainState, m: dict[str, float], divisions: list[Division], is_clean: np.ndarray
+    state: TrainState, m: dict[str, float], divisions: list[Division], data: TrainData
 ) -> None:
-    """Keep the divisions in the state (histories, clean probabilities) and their metrics."""
+    """Keep the divisions in the state (histories, clean probabilities over the training split,
+    NaN for samples not divided) and their metrics (clean detection where the truth is known)."""
+    n = len(data)
     state.loss_history1, state.loss_history2 = (d.history for d in divisions)
-    state.clean_prob1, state.clean_prob2 = (torch.from_numpy(d.clean_prob) for d in divisions)
+    probs = []
+    noisy = data.noisy_y.cpu().numpy()
     for name, div in zip(NET_NAMES, divisions):
+        full = np.full(n, np.nan)
+        full[div.indices] = div.clean_prob
+        probs.append(torch.from_numpy(full))
         m[f"labeled_{name}"] = int(div.labeled_mask.sum())
-        det = metrics.clean_detection(div.clean_prob, div.labeled_mask, is_clean)
-        m.update({f"{key}_{name}": float(v) for key, v in det.items()})
+        true = data.true_y[div.indices]
+        known = true >= 0
+        if known.any():
+            is_clean = true[known] == noisy[div.indices][known]
+            det = metrics.clean_detection(div.clean_prob[known], div.labeled_mask[known], is_clean)
+            m[f"auc_{name}"] = det["auc"]
+            m[f"precision_{name}"] = 100.0 * det["precision"]
+            m[f"recall_{name}"] = 100.0 * det["recall"]
+    state.clean_prob1, state.clean_prob2 = probs
 
 
-def _empty_split_flags(m: dict[str, float], n_train: int) -> dict[str, float]:
+def _empty_split_flags(m: dict[str, float], divisions: list[Division]) -> dict[str, float]:
     """`empty_labelled_netK` / `empty_unlabelled_netK` = 1 when net K's division put every
     sample on one side (the reference would crash; dmx reports it and goes on)."""
     flags = {}
-    for name in NET_NAMES:
-        if m[f"labeled_{name}"] in (0, n_train):
+    for name, div in zip(NET_NAMES, divisions):
+        if m[f"labeled_{name}"] in (0, len(div.indices)):
             which = "labelled" if m[f"labeled_{name}"] == 0 else "unlabelled"
             flags[f"empty_{which}_{name}"] = 1.0
     return flags
 
 
+def _keep_best(state: TrainState, nets: list[nn.Module], m: dict[str, float]) -> None:
+    """run.best_on_clean_val: each net's weights of its best clean-validation epoch (a tie keeps
+    the earlier, as the reference's `acc > best_acc`)."""
+    for k, net in enumerate(nets):
+        acc = m.get(f"{CLEAN_VAL}_acc_net{k + 1}")
+        if acc is None:
+            raise ValueError(
+                "run.best_on_clean_val=true needs a dataset with a clean validation split "
+                "(e.g. Clothing1M's, or data.val_root of a folder dataset)."
+            )
+        if acc > state.best_clean_val[k]:
+            state.best_clean_val[k] = acc
+            best = {key: v.detach().clone() for key, v in net.state_dict().items()}
+            if k == 0:
+                state.best_net1 = best
+            else:
+                state.best_net2 = best
+        m[f"best_clean_val_acc_net{k + 1}"] = state.best_clean_val[k]
+
+
+def final_test(state: TrainState, nets: list[nn.Module], loop: Loop) -> dict[str, float]:
+    """Test accuracy of the two best clean-validation nets as an ensemble (`final_test_acc`,
+    `final_test_top5`), on copies: the nets trained on stay as they are."""
+    best = []
+    for net, weights in zip(nets, (state.best_net1, state.best_net2)):
+        copy_ = copy.deepcopy(net)
+        copy_.load_state_dict(weights)
+        best.append(copy_)
+    data, cfg = loop.data, loop.cfg
+    if TEST not in data.eval_splits:
+        return {}
+    logits = sum(predict_logits(n, data, TEST, cfg) for n in best)
+    return split_metrics(logits, data.eval_labels(TEST), "final_test", data.num_classes)
+
+
 def _summary(history: list[dict[str, float]], current: dict[str, float]) -> dict[str, float]:
-    accs = [h["test_acc"] for h in history] + [current["test_acc"]]
+    if "test_acc" not in current:
+        return {}
+    accs = [h["test_acc"] for h in history if "test_acc" in h] + [current["test_acc"]]
     s = metrics.summarize_accuracy(accs, last=10)
     return {"best_test_acc": s["best"], "last10_test_acc": s["last10"]}
 
@@ -233,144 +284,7 @@ def _snapshot(
 
 
 # --------------------------------------------------------------------------------------------
-# One epoch of one net
-# --------------------------------------------------------------------------------------------
-def warmup_epoch(
-    net: nn.Module, optimizer: torch.optim.Optimizer, loop: Loop, *, epoch: int, net_name: str
-) -> tuple[dict[str, float], int]:
-    """Cross-entropy on the noisy labels (+ confidence penalty when configured), one pass.
-    Returns the epoch's metrics and the number of images trained on."""
-    cfg, data = loop.cfg, loop.data
-    net.train()
-    n = len(data.noisy_y)
-    loader = index_batches(
-        torch.randperm(n, generator=loop.gen),
-        cfg.optim.warmup_batch_size,
-        merge_single=not loop.single_sample_ok,
-    )
-    total, seen = 0.0, 0
-    for i, idx in enumerate(loader):
-        idx = idx.to(loop.device)
-        inputs = data.train_view(data.train_x[idx], loop.gen)
-        with autocast(cfg, loop.device):
-            logits = net(inputs).float()  # (B, C)
-        loss = F.cross_entropy(logits, data.noisy_y[idx])
-        terms = {"ce": loss}
-        if cfg.dividemix.warmup_confidence_penalty:
-            terms["confidence_penalty"] = mixmatch.confidence_penalty(logits)
-        total_loss = sum(terms.values())
-        _check_finite(epoch, net_name, terms)
-        optimizer.zero_grad(set_to_none=True)
-        total_loss.backward()
-        optimizer.step()
-        total += float(loss.detach()) * len(idx)
-        seen += len(idx)
-        if loop.progress:
-            loop.progress(f"warmup {net_name}", i, len(loader), {"loss": float(loss.detach())})
-    return {f"warmup_loss_{net_name}": total / max(seen, 1)}, seen
-
-
-def dividemix_epoch(
-    net: nn.Module,
-    peer: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loop: Loop,
-    *,
-    division: Division,
-    epoch: int,
-    net_name: str,
-) -> tuple[dict[str, float], int]:
-    """Train `net` for one pass over the labelled set of the PEER's `division` (co-divide).
-
-    Per batch: co-guess the unlabelled targets with both nets, co-refine the labelled targets with
-    `net`, MixMatch everything with one permutation, and step on Lx + λ·Lu + prior penalty.
-    Returns the epoch's metrics and the number of (mixed) images trained on."""
-    cfg, data, gen = loop.cfg, loop.data, loop.gen
-    dm, bs = cfg.dividemix, cfg.optim.batch_size
-    labeled = torch.from_numpy(np.flatnonzero(division.labeled_mask))
-    unlabeled = torch.from_numpy(np.flatnonzero(~division.labeled_mask))
-    w_all = torch.from_numpy(division.clean_prob.astype(np.float32)).to(loop.device)  # (N,)
-    sums = {"lx": 0.0, "lu": 0.0, "penalty": 0.0}
-    if len(labeled) == 0:
-        # Nothing the division trusts: skipping the step is the only choice that does not train
-        # on labels the GMM called noisy. Reported as labeled_<peer> = 0 and a 0-batch epoch.
-        info = {f"{k}_{net_name}": float("nan") for k in sums}
-        return {**info, f"skipped_{net_name}": 1.0}, 0
-    net.train()
-    peer.eval()
-    num_iter = len(labeled) // bs + 1  # the reference's count, used only by the λu ramp-up
-    merge = not loop.single_sample_ok
-    loader = index_batches(labeled[torch.randperm(len(labeled), generator=gen)], bs, merge)
-    unlabeled_batches = cycle_batches(unlabeled, bs, gen, merge)
-    images, lam_u = 0, 0.0
-    for i, bx in enumerate(loader):
-        bx = bx.to(loop.device)
-        bu = next(unlabeled_batches)
-        x1 = data.train_view(data.train_x[bx], gen)
-        x2 = data.train_view(data.train_x[bx], gen)
-        onehot = F.one_hot(data.noisy_y[bx], data.num_classes).float()  # (B, C)
-        u1 = u2 = None
-        with torch.no_grad(), autocast(cfg, loop.device):
-            if dm.co_guess_eval_mode:
-                net.eval()
-            # Same order of forward passes as the reference (BatchNorm running stats see them).
-            if bu is not None:
-                bu = bu.to(loop.device)
-                u1 = data.train_view(data.train_x[bu], gen)
-                u2 = data.train_view(data.train_x[bu], gen)
-                net_u1, net_u2 = two_views(net, u1, u2, single_ok=loop.single_sample_ok)
-                q_u = mixmatch.co_guess(
-                    net_u1, net_u2, peer(u1).float(), peer(u2).float(), T=dm.T
-                )  # (U, C)
-            net_x1, net_x2 = two_views(net, x1, x2, single_ok=loop.single_sample_ok)
-            q_x = mixmatch.co_refine(net_x1, net_x2, onehot, w_all[bx], T=dm.T)  # (B, C)
-            net.train()
-        lam = mixmatch.mix_lambda(dm.alpha, loop.np_rng)
-        inputs, targets = [x1, x2], [q_x, q_x]
-        if bu is not None:
-            inputs, targets = [x1, x2, u1, u2], [q_x, q_x, q_u, q_u]
-        all_inputs, all_targets = torch.cat(inputs), torch.cat(targets)
-        perm = torch.randperm(len(all_inputs), generator=gen).to(loop.device)
-        mixed_inputs, mixed_targets = mixmatch.mixup(all_inputs, all_targets, lam=lam, perm=perm)
-        with autocast(cfg, loop.device):
-            logits = net(mixed_inputs).float()  # (2B + 2U, C)
-        n_x = 2 * len(bx)
-        zero = torch.zeros((), device=loop.device)
-        lx = mixmatch.soft_cross_entropy(logits[:n_x], mixed_targets[:n_x])
-        lu = mixmatch.mse_consistency(logits[n_x:], mixed_targets[n_x:]) if bu is not None else zero
-        ramp = mixmatch.linear_rampup(
-            epoch + i / num_iter, warmup_epochs=dm.warmup_epochs, length=dm.rampup_length
-        )
-        lam_u = dm.lambda_u * ramp
-        penalty = mixmatch.uniform_prior_penalty(logits) if dm.prior_penalty else zero
-        _check_finite(epoch, net_name, {"Lx": lx, "Lu": lu, "penalty": penalty})
-        loss = lx + lam_u * lu + penalty
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        for key, value in (("lx", lx), ("lu", lu), ("penalty", penalty)):
-            sums[key] += float(value.detach())
-        images += len(all_inputs)
-        if loop.progress:
-            info = {"Lx": float(lx.detach()), "Lu": float(lu.detach())}
-            loop.progress(f"train {net_name}", i, len(loader), info)
-    out = {f"{k}_{net_name}": v / len(loader) for k, v in sums.items()}
-    return {**out, "lambda_u_eff": lam_u}, images
-
-
-def _check_finite(epoch: int, net_name: str, terms: dict[str, torch.Tensor]) -> None:
-    bad = {k: float(v.detach()) for k, v in terms.items() if not torch.isfinite(v).all()}
-    if bad:
-        raise NonFiniteLossError(
-            f"Non-finite loss at epoch {epoch} while training {net_name}: "
-            + ", ".join(f"{k}={v}" for k, v in bad.items())
-            + ". The last good checkpoint is untouched. Lower optim.lr, use run.precision=fp32, "
-            "or check the data for corrupt images."
-        )
-
-
-# --------------------------------------------------------------------------------------------
-# Setup: schedule, nets, RNG state, determinism, resume checks
+# Setup: schedule, nets, determinism, resume checks
 # --------------------------------------------------------------------------------------------
 def learning_rate(cfg: Config, epoch: int) -> float:
     drops = sum(epoch >= e for e in cfg.optim.lr_decay_epochs)
@@ -391,12 +305,11 @@ def build_nets(
     """The two networks of `cfg.model` on `device` (channels_last when asked). With
     `starting_weights` they load model.pretrained / model.weights; a resumed run passes False
     (its checkpoint holds the weights, and the weights file may be gone by then)."""
-    in_ch = prepared.dataset.train_images.shape[1]
     nets = [
         create_model(
             cfg.model.name,
             num_classes=prepared.dataset.num_classes,
-            in_channels=in_ch,
+            in_channels=prepared.dataset.in_channels,
             pretrained=cfg.model.pretrained and starting_weights,
             weights=cfg.model.weights if starting_weights else "",
         )
@@ -420,7 +333,14 @@ def configure_determinism(cfg: Config) -> None:
 
 
 RESUME_MAY_CHANGE = frozenset(
-    {"run.epochs", "run.device", "run.keep_checkpoints", "data.root", "data.download"}
+    {
+        "run.epochs",
+        "run.device",
+        "run.keep_checkpoints",
+        "data.root",
+        "data.download",
+        "data.num_workers",  # the streaming path's results do not depend on it
+    }
 )
 
 
@@ -453,7 +373,9 @@ __all__ = [
     "build_nets",
     "check_resume",
     "dividemix_epoch",
+    "final_test",
     "fit",
     "learning_rate",
+    "noise_metrics",
     "warmup_epoch",
 ]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmx.data import DATASETS, ImageDataset, load_dataset
+from dmx.data import DATASETS, ImageDataset, Transforms, load_dataset
 from dmx.data.cifar import (
     CIFAR10_MEAN,
     CIFAR10_STD,
@@ -38,7 +38,8 @@ def test_cifar10_fixture_loads_like_the_official_files(cifar10_root):
     assert ds.test_images.shape == (50, 3, 32, 32)
     assert ds.train_labels.dtype == torch.int64 and ds.train_labels.shape == (100,)
     assert (ds.mean, ds.std) == (CIFAR10_MEAN, CIFAR10_STD)
-    assert ds.crop_padding == 4 and ds.hflip and ds.num_classes == 10 and ds.in_channels == 3
+    assert ds.transforms == Transforms(crop_padding=4, hflip=True)
+    assert ds.num_classes == 10 and ds.in_channels == 3
     assert ds.class_names[9] == "truck"
     assert np.array_equal(ds.asym_transition, CIFAR10_TRANSITION)
     # rows are R,G,B planes in row-major order, batches concatenated in order 1..5
@@ -151,7 +152,7 @@ def test_digits():
     ds = load_dataset("digits", "unused")
     assert ds.train_images.shape == (1397, 1, 8, 8) and ds.test_images.shape == (400, 1, 8, 8)
     assert ds.train_images.dtype == torch.uint8 and ds.train_images.max() == 255
-    assert not ds.hflip and ds.crop_padding == 1 and ds.in_channels == 1
+    assert ds.transforms == Transforms(crop_padding=1, hflip=False) and ds.in_channels == 1
     # stratified: every class in proportion in the test split
     counts = torch.bincount(ds.test_labels, minlength=10)
     assert counts.min() >= 38 and counts.max() <= 42

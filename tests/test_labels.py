@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dmx.config import NoiseConfig
-from dmx.data import ImageDataset
+from dmx.data import Transforms, in_memory_dataset
 from dmx.data.cifar import CIFAR10_TRANSITION
 from dmx.labels import (
     METADATA_KEY,
@@ -23,17 +23,16 @@ SYM_02 = NoiseConfig(mode="sym", rate=0.2, seed=0)
 def _dataset(n=1000, c=10, transition=CIFAR10_TRANSITION, name="toy"):
     labels = torch.from_numpy(np.random.default_rng(0).integers(0, c, n))
     images = torch.zeros(n, 1, 2, 2, dtype=torch.uint8)
-    return ImageDataset(
-        name=name,
-        train_images=images,
-        train_labels=labels,
-        test_images=images[:4],
-        test_labels=labels[:4],
+    return in_memory_dataset(
+        name,
+        images,
+        labels,
+        images[:4],
+        labels[:4],
         num_classes=c,
         mean=(0.5,),
         std=(0.5,),
-        crop_padding=0,
-        hflip=False,
+        transforms=Transforms(crop_padding=0, hflip=False),
         class_names=tuple(map(str, range(c))),
         asym_transition=transition,
     )

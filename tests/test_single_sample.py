@@ -13,9 +13,12 @@ import pytest
 import torch
 
 from dmx.batches import index_batches, trains_on_one_sample
+from dmx.data import Split, Transforms
+from dmx.data.device import DeviceData
+from dmx.data.views import LoopSplits
 from dmx.evaluate import Division
 from dmx.models import create_model
-from dmx.prepare import DeviceData, prepare_data
+from dmx.prepare import load_train_data, prepare_data
 from dmx.presets import get_preset
 from dmx.train import Loop, dividemix_epoch, warmup_epoch
 
@@ -34,7 +37,7 @@ def digits_loop(tmp_path, *, subset: int, batch: int = 8, **overrides):
     )
     cfg = cfg.resolved()
     prepared = prepare_data(cfg)
-    data = DeviceData(cfg, prepared, torch.device("cpu"))
+    data = load_train_data(cfg, prepared, torch.device("cpu"))
     torch.manual_seed(0)
     nets = [create_model("small_cnn", num_classes=10, in_channels=1) for _ in range(2)]
     opt = torch.optim.SGD(nets[0].parameters(), lr=0.01, momentum=0.9)
@@ -52,6 +55,7 @@ def division_with(n: int, labeled: np.ndarray) -> Division:
     mask = np.zeros(n, dtype=bool)
     mask[labeled] = True
     return Division(
+        indices=np.arange(n),
         losses=torch.zeros(n),
         history=torch.zeros(1, n),
         clean_prob=np.where(mask, 0.9, 0.1),
@@ -65,10 +69,17 @@ def test_the_probe_tells_which_nets_cannot_train_on_one_sample(tmp_path):
     with pytest.raises(ValueError, match="more than 1 value per channel"):
         nets[0].train()(data.plain_view(data.train_x[:1]))  # what the probe protects against
     preact = create_model("preact_resnet18", num_classes=10, in_channels=3)
-    cifar_like = type(data).__new__(type(data))
-    cifar_like.__dict__.update(data.__dict__)
-    cifar_like.train_x = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
-    cifar_like.mean, cifar_like.std = (0.5,) * 3, (0.25,) * 3
+    two = Split(
+        torch.zeros(2, dtype=torch.int64), images=torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
+    )
+    cifar_like = DeviceData(
+        LoopSplits(two, np.zeros(2, dtype=np.int64), {}),
+        num_classes=10,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        transforms=Transforms(),
+        device=torch.device("cpu"),
+    )
     before = {k: v.clone() for k, v in preact.state_dict().items()}
     rng = torch.get_rng_state()
     assert trains_on_one_sample(preact, cifar_like) is True  # 4x4 maps at 32 px: the reference's
@@ -90,7 +101,7 @@ def test_warmup_with_a_lone_last_sample(tmp_path):
     # 17 training samples in batches of 8: the last batch would hold one sample.
     _, data, nets, opt, loop = digits_loop(tmp_path, subset=17)
     assert len(data.noisy_y) == 17
-    out, seen = warmup_epoch(nets[0], opt, loop, epoch=0, net_name="net1")
+    out, seen = warmup_epoch(nets[0], opt, loop, epoch=0, net_id=0)
     assert seen == 17 and np.isfinite(out["warmup_loss_net1"])
 
 
@@ -108,9 +119,7 @@ def test_dividemix_epoch_with_a_lone_sample(tmp_path, num_labeled, why):
     n = len(data.noisy_y)
     assert n == 37
     division = division_with(n, np.arange(num_labeled))
-    out, images = dividemix_epoch(
-        nets[0], nets[1], opt, loop, division=division, epoch=5, net_name="net1"
-    )
+    out, images = dividemix_epoch(nets[0], nets[1], opt, loop, division=division, epoch=5, net_id=0)
     assert np.isfinite(out["lx_net1"]) and np.isfinite(out["lu_net1"]), why
     # Every labelled sample was trained on exactly once, in two views, with unlabelled partners.
     assert images >= 2 * num_labeled + 2, why

@@ -32,14 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import dmx.steps
 import dmx.train
 from dmx import divide
 from dmx.config import Config
 from dmx.data import load_dataset
 from dmx.data.cifar import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from dmx.data.device import DeviceData
 from dmx.evaluate import Division, divide_net, eval_metrics
 from dmx.models import create_model
-from dmx.prepare import DeviceData, prepare_data
+from dmx.prepare import load_train_data, prepare_data
 from dmx.presets import get_preset
 from dmx.reporting import EpochCallback
 from dmx.train import Loop, dividemix_epoch, fit, warmup_epoch
@@ -165,7 +167,7 @@ def make_loop(prepared, overrides: dict | None = None, *, id_images: bool = True
     images are replaced by ID images (see `ids_of`)."""
     root, prep = prepared
     cfg = tiny_cfg(root, overrides)
-    data = DeviceData(cfg, prep, torch.device("cpu"))
+    data = load_train_data(cfg, prep, torch.device("cpu"))
     assert len(data.noisy_y) == N_TRAIN
     if id_images:
         ids = torch.arange(N_TRAIN, dtype=torch.uint8) + ID_OFFSET
@@ -192,7 +194,7 @@ def make_division(labelled: np.ndarray, n: int = N_TRAIN) -> Division:
     mask[labelled] = True
     ramp = np.arange(n) / n
     prob = np.where(mask, 0.55 + 0.4 * ramp, 0.45 * ramp)
-    return Division(torch.zeros(n), torch.zeros(1, n), prob, mask)
+    return Division(np.arange(n), torch.zeros(n), torch.zeros(1, n), prob, mask)
 
 
 @dataclass
@@ -242,11 +244,9 @@ def run_dividemix_epoch(
     peer.train()
     peer_before = snapshot(peer)
     for name in MIXMATCH_SPIES:
-        spy(monkeypatch, dmx.train.mixmatch, name, log, probe=probes.get(name))
+        spy(monkeypatch, dmx.steps.mixmatch, name, log, probe=probes.get(name))
     opt = torch.optim.SGD(net.parameters(), lr=loop.cfg.optim.lr, momentum=0.9)
-    out, images = dividemix_epoch(
-        net, peer, opt, loop, division=division, epoch=epoch, net_name="net1"
-    )
+    out, images = dividemix_epoch(net, peer, opt, loop, division=division, epoch=epoch, net_id=0)
     return Run(
         loop, log, net, peer, division, lab.tolist(), unl.tolist(), peer_before,
         snapshot(peer), out, images,
@@ -473,7 +473,7 @@ def test_unlabelled_batches_reshuffle_at_every_pass(prepared, monkeypatch):
 # Warmup
 # --------------------------------------------------------------------------------------------
 class _FunctionalSpy:
-    """Stands in for `torch.nn.functional` inside dmx.train: logs cross_entropy, adds a probe."""
+    """Stands in for `torch.nn.functional` inside dmx.steps: logs cross_entropy, adds a probe."""
 
     def __init__(self, log: list, ce_probe: torch.Tensor) -> None:
         self.log, self.ce_probe = log, ce_probe
@@ -494,12 +494,12 @@ def test_warmup_loss_is_ce_plus_confidence_penalty(prepared, monkeypatch, penalt
     loop = make_loop(prepared, {"dividemix.warmup_confidence_penalty": penalty})
     log: list = []
     ce_probe, pen_probe = probe(), probe()
-    monkeypatch.setattr(dmx.train, "F", _FunctionalSpy(log, ce_probe))
-    spy(monkeypatch, dmx.train.mixmatch, "confidence_penalty", log, probe=pen_probe)
+    monkeypatch.setattr(dmx.steps, "F", _FunctionalSpy(log, ce_probe))
+    spy(monkeypatch, dmx.steps.mixmatch, "confidence_penalty", log, probe=pen_probe)
     net = Recorder("net", small_net(), log)
     net.eval()
     opt = torch.optim.SGD(net.parameters(), lr=0.01)
-    warmup_epoch(net, opt, loop, epoch=0, net_name="net1")
+    warmup_epoch(net, opt, loop, epoch=0, net_id=0)
     calls, ces = forwards(log), spied(log, "cross_entropy")
     assert len(calls) == len(ces) == 3  # 96 samples in batches of 32
     assert all(c.training and c.grad for c in calls)
@@ -537,7 +537,7 @@ def test_fit_applies_the_warmup_penalty_as_configured(
     )
     log: list = []
     pen_probe = probe()
-    spy(monkeypatch, dmx.train.mixmatch, "confidence_penalty", log, probe=pen_probe)
+    spy(monkeypatch, dmx.steps.mixmatch, "confidence_penalty", log, probe=pen_probe)
     fit(cfg)
     steps = 2 * 3  # two nets, 96 samples in batches of 32
     assert len(spied(log, "confidence_penalty")) == (steps if expected else 0)
@@ -609,18 +609,23 @@ def test_test_prediction_is_the_sum_of_both_nets_logits(prepared):
     net1, net2 = ConstantNet([6.0, 0.0, 5.0, *rest]), ConstantNet([-6.0, 4.0, 3.5, *rest])
     probs = torch.softmax(net1.logits, 0) + torch.softmax(net2.logits, 0)
     assert int(probs.argmax()) == 0 and int((net1.logits + net2.logits).argmax()) == 2
-    data.test_y = torch.full_like(data.test_y, 2)
-    data.val_x, data.val_y = data.test_x[:10], torch.full((10,), 2)
+    test_x = data._x["test"]
+    data._y["test"] = torch.full_like(data._y["test"], 2)
+    data._x["val"], data._y["val"] = test_x[:10], torch.full((10,), 2)
     net1.train()
     net2.train()
     m = eval_metrics([net1, net2], data, loop.cfg)
-    assert m == {"test_acc_net1": 0.0, "test_acc_net2": 0.0, "test_acc": 100.0, "val_acc": 100.0}
+    assert m == {
+        "test_acc_net1": 0.0,
+        "test_acc_net2": 0.0,
+        "test_acc": 100.0,
+        "test_top5": 100.0,
+        "val_acc": 100.0,
+    }
     for net in (net1, net2):
         assert all(not training for training, _ in net.calls), "test passes must be eval mode"
         seen = torch.cat([x for _, x in net.calls])
-        assert torch.equal(
-            seen, torch.cat([data.plain_view(data.test_x), data.plain_view(data.val_x)])
-        )
+        assert torch.equal(seen, torch.cat([data.plain_view(test_x), data.plain_view(test_x[:10])]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -647,7 +652,7 @@ def test_cifar_normalisation_is_the_reference_and_applied_per_channel(name, tmp_
     )
     prep = prepare_data(cfg.resolved())
     assert (prep.dataset.mean, prep.dataset.std) == (mean, std)
-    data = DeviceData(cfg, prep, torch.device("cpu"))
+    data = load_train_data(cfg, prep, torch.device("cpu"))
     # channel c of the pickles' rows (R, G, B planes) is normalised with mean[c], std[c]
     pixel = torch.tensor([10, 128, 250], dtype=torch.uint8)
     image = pixel.view(1, 3, 1, 1).expand(1, 3, 32, 32)

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from dmx.data import ImageDataset
+from dmx.data import ImageDataset, Transforms, in_memory_dataset
 from dmx.data.safe_pickle import load_pickle
 
 # Normalisation constants exactly as the DivideMix reference (dataloader_cifar.py).
@@ -185,16 +184,9 @@ def _check_labels(labels: np.ndarray, num_classes: int, path: Path) -> None:
 
 
 def _dataset(name: str, xtr, ytr, xte, yte, **kw: Any) -> ImageDataset:
-    return ImageDataset(
-        name=name,
-        train_images=torch.from_numpy(np.ascontiguousarray(xtr)),
-        train_labels=torch.from_numpy(ytr),
-        test_images=torch.from_numpy(np.ascontiguousarray(xte)),
-        test_labels=torch.from_numpy(yte),
-        crop_padding=4,  # reference: RandomCrop(32, padding=4)
-        hflip=True,  # reference: RandomHorizontalFlip()
-        **kw,
-    )
+    # reference: RandomCrop(32, padding=4) + RandomHorizontalFlip()
+    transforms = Transforms(crop_padding=4, hflip=True)
+    return in_memory_dataset(name, xtr, ytr, xte, yte, transforms=transforms, **kw)
 
 
 def load_cifar10(root: str | Path, *, download: bool = False) -> ImageDataset:

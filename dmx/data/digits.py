@@ -10,9 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from dmx.data import ImageDataset
+from dmx.data import ImageDataset, Transforms, in_memory_dataset
 
 NUM_TEST = 400  # ~22% of 1797: enough test images for a stable accuracy, most left for training
 SPLIT_SEED = 0  # fixed: the split is part of the dataset, not of a run
@@ -55,17 +54,16 @@ def load_digits_dataset(root: str | Path | None = None, *, download: bool = Fals
     test = _stratified_test_mask(labels, NUM_TEST, SPLIT_SEED)
     train_images = images[~test]
     pixels = train_images.astype(np.float64) / 255.0
-    return ImageDataset(
-        name="digits",
-        train_images=torch.from_numpy(np.ascontiguousarray(train_images)),
-        train_labels=torch.from_numpy(labels[~test]),
-        test_images=torch.from_numpy(np.ascontiguousarray(images[test])),
-        test_labels=torch.from_numpy(labels[test]),
+    return in_memory_dataset(
+        "digits",
+        train_images,
+        labels[~test],
+        images[test],
+        labels[test],
         num_classes=10,
         mean=(float(pixels.mean()),),
         std=(float(pixels.std()),),
-        crop_padding=1,
-        hflip=False,
+        transforms=Transforms(crop_padding=1, hflip=False),
         class_names=tuple(str(d) for d in range(10)),
         asym_transition=DIGITS_TRANSITION.copy(),
     )
