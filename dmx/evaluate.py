@@ -142,7 +142,8 @@ def sample_table(
     nets: list[nn.Module], state: TrainState, data: TrainData, prepared: PreparedData, cfg: Config
 ) -> pa.Table:
     """Per-sample table of the final division and ensemble prediction (the label-issue input,
-    written as clean_probs.parquet by the reporters). `true_label` is -1 where nobody knows it.
+    written as clean_probs.parquet by the reporters). `true_label` is -1 where nobody knows it;
+    `given_class`, `true_class` and `pred_class` are the class names of the three labels.
 
     Clean probabilities come from a fresh division of the FINAL nets over the whole training split
     (each net's GMM on its own normalised losses appended to its history, window as in training,
@@ -165,6 +166,12 @@ def sample_table(
     cols["pred_label"] = probs.argmax(1).numpy().astype(np.int64)
     given = torch.from_numpy(cols["given_label"])
     cols["pred_prob_given"] = probs.gather(1, given[:, None]).squeeze(1).numpy().astype(np.float64)
+    names = pa.array(prepared.dataset.class_names, type=pa.string())
+    for kind in ("given", "true", "pred"):  # class names beside the indices (dictionary-coded)
+        codes = cols[f"{kind}_label"]
+        cols[f"{kind}_class"] = pa.DictionaryArray.from_arrays(
+            pa.array(codes, type=pa.int32(), mask=codes < 0), names
+        )
     return pa.table(cols)
 
 

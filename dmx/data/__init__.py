@@ -118,6 +118,7 @@ class ImageDataset:
     extra_tests: Mapping[str, Split] = field(default_factory=dict)  # e.g. {"imagenet": ...}
     train_truth: torch.Tensor | None = None  # (N,) int64 with UNKNOWN; None: train.labels true
     channels: int = 3  # of the network input (files are decoded to this many)
+    bad_files: tuple[str, ...] = ()  # left out because they cannot be decoded (skip_bad_images)
 
     def __post_init__(self) -> None:
         # Catch loader bugs here, once, instead of as shape errors deep inside training.
