@@ -100,7 +100,25 @@ def _load_labels(cfg: Config, dataset: ImageDataset) -> NoisyLabels:
             true_labels=training_truth(dataset),  # JSON / NPY / CSV files carry no truth
         )
     cache = Path(cfg.noise.cache_dir or Path(cfg.data.root) / "noisy_labels").expanduser()
-    return make_or_load_noisy_labels(dataset, cfg.noise, cache_dir=cache.resolve())
+    noise = cfg.noise
+    if noise.mode == "human":
+        noise = replace(noise, human_file=str(human_file(cfg)))
+    return make_or_load_noisy_labels(dataset, noise, cache_dir=cache.resolve())
+
+
+def human_file(cfg: Config) -> Path:
+    """The CIFAR-N label file of noise.human_file: as given (absolute, or relative to the working
+    folder), else in data.root (where the CIFAR-N presets expect CIFAR-10_human.pt)."""
+    given = Path(cfg.noise.human_file).expanduser()
+    for candidate in (given, Path(cfg.data.root).expanduser() / given):
+        if candidate.is_file():
+            return candidate.resolve()
+    raise FileNotFoundError(
+        f"noise.human_file={cfg.noise.human_file!r}: no such file here or in data.root "
+        f"({cfg.data.root}). Get the CIFAR-N label files (CIFAR-10_human.pt, CIFAR-100_human.pt) "
+        "from github.com/UCSC-REAL/cifar-10-100n into the data folder, or pass "
+        "--set noise.human_file=PATH."
+    )
 
 
 FILE_OPTIONS = (
