@@ -156,9 +156,10 @@ def load_run_dataset(cfg: Config) -> ImageDataset:
 
 def prepare_noisy_labels(cfg: Config) -> Config:
     """Create (or reuse) the persisted noisy labels of `cfg` and return cfg pointing at the file by
-    absolute path. A sweep driver calls this once so that every trial trains on the same labels."""
-    dataset = load_run_dataset(cfg)
-    noisy = _load_labels(cfg, dataset)
+    absolute path. A sweep driver calls this once so that every trial trains on the same labels;
+    a subset or split no trial could use (data.subset larger than the data, ...) is refused here,
+    on the driver, instead of failing every trial and its retries."""
+    noisy = prepare_data(cfg).noisy  # with every check of the splits a trial would make
     root = str(Path(cfg.data.root).expanduser().resolve())
     return cfg.with_overrides(
         {"noise.label_file": str(Path(noisy.path).resolve()), "data.root": root}

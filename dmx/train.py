@@ -153,6 +153,12 @@ def _start(
         progress=progress,
         single_sample_ok=trains_on_one_sample(nets[0], data),
     )
+    if not loop.single_sample_ok and cfg.optim.warmup_batch_size == 1:
+        # Every warmup batch would be one sample: nothing to merge it with.
+        raise ValueError(
+            f"optim.warmup_batch_size=1: {cfg.model.name} cannot take a train-mode step on one "
+            "sample (its BatchNorm would see one value per channel); use 2 or more."
+        )
     if state is None:
         state = TrainState(config=cfg.to_flat())
     else:

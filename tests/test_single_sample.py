@@ -123,3 +123,67 @@ def test_dividemix_epoch_with_a_lone_sample(tmp_path, num_labeled, why):
     assert np.isfinite(out["lx_net1"]) and np.isfinite(out["lu_net1"]), why
     # Every labelled sample was trained on exactly once, in two views, with unlabelled partners.
     assert images >= 2 * num_labeled + 2, why
+
+
+def test_fit_wires_the_probe_into_the_loop(tmp_path, monkeypatch):
+    """fit itself (not a hand-built Loop) merges a lone unlabelled sample: a division whose
+    unlabelled count is 2*8 + 1 crashed every resume and retry before (issue 11, item 1)."""
+    import dmx.train
+    from dmx.train import fit
+
+    cfg, data, _, _, _ = digits_loop(tmp_path, subset=40, **{"run.epochs": 2})
+    cfg = cfg.with_overrides({"dividemix.warmup_epochs": 1})
+    n = len(data.noisy_y)
+
+    def lone_unlabelled(net, history, data, cfg, *, seed, subset=None):
+        return division_with(n, np.arange(n - 17))  # 17 unlabelled = 2 * 8 + 1
+
+    monkeypatch.setattr(dmx.train, "divide_net", lone_unlabelled)
+    seen = []
+    real = dmx.train.dividemix_epoch
+
+    def spy(net, peer, optimizer, loop, **kw):
+        seen.append(loop.single_sample_ok)
+        return real(net, peer, optimizer, loop, **kw)
+
+    monkeypatch.setattr(dmx.train, "dividemix_epoch", spy)
+    state = fit(cfg)
+    assert seen == [False, False] and state.epoch == 2
+    assert np.isfinite(state.metrics_history[-1]["lu_net1"])
+
+
+def test_a_warmup_batch_of_one_is_refused_for_nets_that_cannot_take_it(tmp_path):
+    from dmx.train import fit
+
+    cfg, *_ = digits_loop(tmp_path, subset=20, batch=1, **{"run.epochs": 1})
+    with pytest.raises(ValueError, match=r"warmup_batch_size=1: small_cnn cannot .* 2 or more"):
+        fit(cfg)
+
+
+def test_dmx_train_on_three_samples_runs_through_warmup_and_dividemix(tmp_path):
+    """`dmx train --preset digits-sym-0.5 --subset 3` died in warmup (issue 11, item 1)."""
+    from dmx.cli import main
+
+    out = tmp_path / "run"
+    code = main(
+        [
+            "train",
+            "--preset",
+            "digits-sym-0.5",
+            "--subset",
+            "3",
+            "--epochs",
+            "7",
+            "--out",
+            str(out),
+            "--no-mlflow",
+            "--quiet",
+            "--device",
+            "cpu",
+            "--set",
+            f"noise.cache_dir={tmp_path / 'noise'}",
+        ]  # fmt: skip
+    )
+    assert code == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 7

@@ -61,10 +61,18 @@ class Dimension:
 
 _SPEC_HELP = "expected KEY=LOW:HIGH, KEY=LOW:HIGH:log or KEY=A,B,C (e.g. dividemix.alpha=0.5:8:log)"
 
-# Sections fixed for the whole sweep: the driver makes ONE noisy-label file (noise.*) and every
-# trial trains and is judged on ONE data set and validation split (data.*). A searched value of
+# Settings fixed for the whole sweep: the driver makes ONE noisy-label file (noise.*) and every
+# trial trains and is judged on ONE data set and validation split (data.*); Tune keeps
+# run.keep_checkpoints checkpoints of every trial (CheckpointConfig), ASHA's rungs are laid out
+# over run.epochs, and Ray, not the config, gives each trial its device. A searched value of
 # these would be recorded per trial but never used, so searching them is refused.
 FIXED_SECTIONS = ("noise", "data")
+FIXED_KEYS = {
+    "run.epochs": "ASHA's rungs and the sweep's length are laid out over it",
+    "run.keep_checkpoints": "Tune keeps the same number of checkpoints for every trial",
+    "run.device": "Ray gives each trial its device (--gpus-per-trial)",
+    "preset": "it names where the base config came from",
+}
 
 
 def _refuse_fixed(spec: str, key: str) -> None:
@@ -75,6 +83,11 @@ def _refuse_fixed(spec: str, key: str) -> None:
             "makes one noisy-label file and one validation split that every trial shares), so a "
             f"searched {key} would not be used. Run one sweep per value instead "
             f"(--set {key}=VALUE)."
+        )
+    if key in FIXED_KEYS:
+        raise SearchSpaceError(
+            f"--search {spec!r}: {key} is fixed for a whole sweep ({FIXED_KEYS[key]}), so a "
+            f"searched value would not be used. Set it for every trial with --set {key}=VALUE."
         )
 
 
@@ -169,6 +182,7 @@ def preset_point(base: Config, space: Mapping[str, Dimension]) -> dict[str, Any]
 
 __all__ = [
     "DEFAULT_SEARCH",
+    "FIXED_KEYS",
     "FIXED_SECTIONS",
     "Dimension",
     "SearchSpaceError",
