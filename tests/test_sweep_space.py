@@ -32,5 +32,5 @@ def test_the_driver_refuses_a_subset_larger_than_the_data(tmp_path):
     from dmx.prepare import prepare_noisy_labels
 
     cfg = BASE.with_overrides({"data.subset": 5000, "noise.cache_dir": str(tmp_path)})
-    with pytest.raises(ValueError, match=r"data.subset=5000 is larger than .* 1397 samples"):
+    with pytest.raises(ValueError, match=r"data.subset=5000 is larger than .*\(1397 samples\)"):
         prepare_noisy_labels(cfg)
