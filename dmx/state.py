@@ -69,7 +69,15 @@ class TrainState:
 
 
 def checkpoint_path(directory: Path, epoch: int) -> Path:
+    """`directory/ckpt-EPOCH.pt`: EPOCH = completed epochs of the TrainState inside."""
     return Path(directory) / f"ckpt-{epoch:04d}.pt"
+
+
+def checkpoint_epoch(name: str) -> int | None:
+    """The epoch a checkpoint file name (`ckpt-0012.pt`) states, None for any other name: lets a
+    folder listing order checkpoints without loading them (local or remote storage)."""
+    m = _CKPT_RE.match(name)
+    return int(m.group(1)) if m else None
 
 
 def save_checkpoint(state: TrainState, directory: Path, *, keep: int = 2) -> Path:
@@ -93,7 +101,7 @@ def list_checkpoints(directory: Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _CKPT_RE.match(p.name))]
+    found = [(e, p) for p in directory.iterdir() if (e := checkpoint_epoch(p.name)) is not None]
     return [p for _, p in sorted(found)]
 
 
@@ -191,6 +199,7 @@ def set_rng_state(state: dict[str, Any], gen: torch.Generator, np_rng: np.random
 __all__ = [
     "CheckpointError",
     "TrainState",
+    "checkpoint_epoch",
     "checkpoint_path",
     "list_checkpoints",
     "load_checkpoint",

@@ -20,12 +20,13 @@ import copy
 import os
 import random
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
-from dmx import metrics
+from dmx import fast, metrics
 from dmx.batches import balanced_subset, trains_on_one_sample
 from dmx.config import Config
 from dmx.data.views import CLEAN_VAL, TEST, TrainData
@@ -52,6 +53,41 @@ class ResumeMismatchError(ValueError):
 # --------------------------------------------------------------------------------------------
 # fit
 # --------------------------------------------------------------------------------------------
+@dataclass
+class Session:
+    """One run, set up: the config as asked (`cfg`, what checkpoints record) and as run
+    (`loop.cfg`: fast mode may turn on channels_last / bf16), the data, nets, optimisers and the
+    state to continue from."""
+
+    cfg: Config
+    prepared: PreparedData
+    data: TrainData
+    nets: list[nn.Module]
+    opts: list[torch.optim.Optimizer]
+    loop: Loop
+    state: TrainState
+
+
+def setup(
+    cfg: Config, *, state: TrainState | None = None, progress: Progress | None = None
+) -> Session:
+    """Everything a run needs before its first epoch: "auto" fields resolved, determinism set,
+    data prepared (and a resumed `state` checked against it), nets built (fast mode: compiled)."""
+    cfg = cfg.resolved()
+    configure_determinism(cfg)
+    device = resolve_device(cfg.run.device)
+    plan = fast.plan_for(device) if cfg.run.fast else None
+    prepared = prepare_data(cfg)
+    if state is not None:
+        check_resume(cfg, state, prepared.noisy)
+    run_cfg = fast.run_config(cfg, plan)  # cfg itself, unless run.fast turns things on
+    data = load_train_data(run_cfg, prepared, device)
+    nets, opts, loop, state = _start(run_cfg, prepared, data, state, progress)
+    state.config = cfg.to_flat()  # the config as asked: a resume derives the same plan
+    fast.compile_nets(nets, plan)
+    return Session(cfg, prepared, data, nets, opts, loop, state)
+
+
 def fit(
     cfg: Config,
     *,
@@ -62,31 +98,25 @@ def fit(
     """Run DivideMix from `state` (or from scratch) to `cfg.run.epochs` epochs, handing every
     epoch to `reporter` (checkpoints, metrics files, MLflow, Tune: see dmx.reporting). "auto"
     fields are resolved first, so the state and every reporter see the values that were used."""
-    cfg = cfg.resolved()
-    configure_determinism(cfg)
-    prepared = prepare_data(cfg)
-    if state is not None:
-        check_resume(cfg, state, prepared.noisy)
-    data = load_train_data(cfg, prepared, resolve_device(cfg.run.device))
-    nets, opts, loop, state = _start(cfg, prepared, data, state, progress)
+    s = setup(cfg, state=state, progress=progress)
+    cfg, nets, opts, state = s.loop.cfg, s.nets, s.opts, s.state
     report = reporter or Reporter()
-    report.start(cfg, prepared, state)
+    report.start(s.cfg, s.prepared, state)
 
-    noise = noise_metrics(data)
+    noise = noise_metrics(s.data)
     for epoch in range(state.epoch, cfg.run.epochs):
         start = time.perf_counter()
         m: dict[str, float] = {"epoch": epoch, "lr": set_learning_rate(opts, cfg, epoch), **noise}
         if epoch < cfg.dividemix.warmup_epochs:
             m["phase"] = 0
             images = sum(
-                _add(m, warmup_epoch(net, opt, loop, epoch=epoch, net_id=k))
+                _add(m, warmup_epoch(net, opt, s.loop, epoch=epoch, net_id=k))
                 for k, (net, opt) in enumerate(zip(nets, opts))
             )
         else:
             m["phase"] = 1
             # Eval for division: both nets divide BEFORE either trains this epoch.
-            divisions = [_divide(net, k, state, loop) for k, net in enumerate(nets)]
-            _record_divisions(state, m, divisions, data)
+            divisions = divide_nets(s, m)
             # Co-divide: each net trains on the division of its peer; net1 first, so net2's peer
             # is the net1 of this epoch's update (or its start-of-epoch copy: peer_snapshot).
             peer_of_net2 = copy.deepcopy(nets[0]) if cfg.dividemix.peer_snapshot else nets[0]
@@ -94,28 +124,26 @@ def fit(
                 _add(
                     m,
                     dividemix_epoch(
-                        net, peer, opts[k], loop, division=divisions[1 - k], epoch=epoch, net_id=k
+                        net, peer, opts[k], s.loop, division=divisions[1 - k], epoch=epoch, net_id=k
                     ),
                 )  # fmt: skip
                 for k, (net, peer) in enumerate([(nets[0], nets[1]), (nets[1], peer_of_net2)])
             )
-            m.update(_empty_split_flags(m, divisions))
         train_seconds = time.perf_counter() - start
 
-        m.update(eval_metrics(nets, data, cfg))
+        m.update(eval_metrics(nets, s.data, cfg))
         if cfg.run.best_on_clean_val:
             _keep_best(state, nets, m)
             if epoch == cfg.run.epochs - 1:
-                m.update(final_test(state, nets, loop))
+                m.update(final_test(state, nets, s.loop))
         m.update(_summary(state.metrics_history, m))
         m["epoch_seconds"] = time.perf_counter() - start
         m["images_per_second"] = images / max(train_seconds, 1e-9)
-        m = {k: float(v) for k, v in m.items()}
-        _snapshot(state, epoch + 1, nets, opts, loop, m)
-        report.epoch_end(epoch, m, state)
+        _snapshot(state, epoch + 1, nets, opts, s.loop, {k: float(v) for k, v in m.items()})
+        report.epoch_end(epoch, state.metrics_history[-1], state)
 
     if reporter is not None:  # the per-sample table costs two eval passes: only when wanted
-        reporter.run_end(state, sample_table(nets, state, data, prepared, cfg))
+        reporter.run_end(state, sample_table(nets, state, s.data, s.prepared, cfg))
     return state
 
 
@@ -123,6 +151,15 @@ def _add(m: dict[str, float], result: tuple[dict[str, float], int]) -> int:
     """Merge an epoch function's metrics into `m`; return its image count."""
     m.update(result[0])
     return result[1]
+
+
+def divide_nets(s: Session, m: dict[str, float]) -> list[Division]:
+    """Each net's division (both before either trains), kept in the state, with their metrics
+    in `m` (labelled counts, clean detection, empty-split flags)."""
+    divisions = [_divide(net, k, s.state, s.loop) for k, net in enumerate(s.nets)]
+    _record_divisions(s.state, m, divisions, s.data)
+    m.update(_empty_split_flags(m, divisions))
+    return divisions
 
 
 def _start(
@@ -328,6 +365,9 @@ def build_nets(
 
 
 def configure_determinism(cfg: Config) -> None:
+    if cfg.run.fast and resolve_device(cfg.run.device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fast mode: the fastest kernels per shape
+        return
     if cfg.run.deterministic:
         # cuBLAS needs this set before its first use to be deterministic on CUDA.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -376,12 +416,15 @@ __all__ = [
     "NonFiniteLossError",
     "Progress",
     "ResumeMismatchError",
+    "Session",
     "build_nets",
     "check_resume",
+    "divide_nets",
     "dividemix_epoch",
     "final_test",
     "fit",
     "learning_rate",
     "noise_metrics",
+    "setup",
     "warmup_epoch",
 ]

@@ -54,6 +54,7 @@ class ProgressBar(Reporter):
     def __init__(self) -> None:
         self.bar: Any = None
         self.epoch = 0
+        self.drawn = 0.0  # time.monotonic() of the last redraw
 
     def start(self, cfg: Any, data: Any, state: Any) -> None:
         from tqdm.auto import tqdm
@@ -67,11 +68,14 @@ class ProgressBar(Reporter):
             file=sys.stderr,
         )
 
-    def batch(self, phase: str, index: int, total: int, info: dict[str, float]) -> None:
-        redraw = index % 5 == 0 or index + 1 == total  # every batch would slow small models
-        if self.bar is None or not redraw:
+    def batch(self, phase: str, index: int, total: int, info: dict[str, Any]) -> None:
+        # At most a few redraws a second: reading the loss values waits for the device, and a
+        # redraw per batch would slow small models.
+        now = time.monotonic()
+        if self.bar is None or (now - self.drawn < 0.25 and index + 1 != total):
             return
-        loss = " ".join(f"{k} {v:.3f}" for k, v in info.items())
+        self.drawn = now
+        loss = " ".join(f"{k} {float(v):.3f}" for k, v in info.items())
         self.bar.set_description(
             f"epoch {self.epoch} {phase} {index + 1}/{total} {loss}", refresh=False
         )
@@ -186,7 +190,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_locked(args: argparse.Namespace, out: Path, cfg: Config | None) -> int:
     from dmx.reporting import Reporters, RunDirReporter
-    from dmx.state import list_checkpoints, load_latest_checkpoint
+    from dmx.state import checkpoint_epoch, list_checkpoints, load_latest_checkpoint
     from dmx.train import fit
 
     state = None
@@ -231,7 +235,7 @@ def _train_locked(args: argparse.Namespace, out: Path, cfg: Config | None) -> in
         _end_quietly(tracker, exc)
         done = list_checkpoints(out / "checkpoints")
         if done:
-            epochs = int(done[-1].stem.split("-")[1])
+            epochs = checkpoint_epoch(done[-1].name)
             print(
                 f"dmx train: interrupted; {epochs} completed epochs are saved. Continue with: "
                 + resume_command(args, out, cfg, saved_epochs),
