@@ -70,8 +70,8 @@ def _split(name: str) -> tuple[str, str]:
         hint = f"close matches: {', '.join(TORCHVISION_PREFIX + c for c in close)}" if close else ""
         raise ValueError(
             f"unknown torchvision model {TORCHVISION_PREFIX + arch!r}; "
-            f"{hint or 'no close match'} (one of torchvision's {len(_model_names())} "
-            "classification models, listed by `dmx models`)"
+            f"{hint or 'no close match'} (torchvision has {len(_model_names())} classification "
+            "models: torchvision.models.list_models(module=torchvision.models))"
         )
     return arch, weights_name or "DEFAULT"
 
