@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -88,15 +89,22 @@ def _as_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
     return obj
 
 
-def load_weights(model: nn.Module, path: str | Path, *, name: str = "model") -> list[str]:
+def load_weights(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    name: str = "model",
+    head: Iterable[str] | None = None,
+) -> list[str]:
     """Load the state_dict file `path` into `model` in place; returns the keys not loaded.
 
     The file is read with `torch.load(path, weights_only=True, map_location="cpu")` (it can run no
     code). Every tensor of `model` must come from the file with its shape, except the classifier
-    head (the last nn.Linear): when the file's head has another shape (another num_classes) or is
-    absent, the head keeps its fresh initialisation and a warning names the keys not loaded.
-    Anything else that does not fit raises WeightsFileError naming the keys; a missing file
-    FileNotFoundError. `name` (the model's name) only goes into messages.
+    head (the state keys `head`; by default those of the last nn.Linear): when the file's head has
+    another shape (another num_classes) or is absent, the head keeps its fresh initialisation and
+    a warning names the keys not loaded. Anything else that does not fit raises WeightsFileError
+    naming the keys; a missing file FileNotFoundError. `name` (the model's name) only goes into
+    messages.
     """
     path = Path(path).expanduser()
     fix = "Save the weights with torch.save(model.state_dict(), PATH) from the same network"
@@ -127,7 +135,7 @@ def load_weights(model: nn.Module, path: str | Path, *, name: str = "model") -> 
             f"{fix} (model.name={name})."
         )
     own = model.state_dict()
-    head = _head_keys(model)
+    head = _head_keys(model) if head is None else set(head)
     unexpected = [k for k in state if k not in own]
     missing = [k for k in own if k not in state]
     reshaped = [k for k in state if k in own and state[k].shape != own[k].shape]

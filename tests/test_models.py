@@ -1,4 +1,5 @@
-"""dmx.models: every registered model through one parametrised test, then the factory's edges."""
+"""dmx.models: every registered model through one parametrised test, then the factory's edges
+(torchvision:NAME backbones: tests/test_backbones.py)."""
 
 from __future__ import annotations
 
@@ -144,12 +145,31 @@ def test_resnet50_pretrained_loads_the_cached_file_without_network(hub):
     imagenet = tv_resnet50(num_classes=1000).state_dict()
     checkpoints.mkdir(parents=True)
     torch.save(imagenet, checkpoints / RESNET50_FILE)
+    torch.manual_seed(5)
     model = create_model("resnet50", num_classes=14, pretrained=True)
     state = model.state_dict()
     assert attempts == []
     assert torch.equal(state["conv1.weight"], imagenet["conv1.weight"])
     assert torch.equal(state["layer4.2.bn3.running_mean"], imagenet["layer4.2.bn3.running_mean"])
     assert state["fc.weight"].shape == (14, 2048)  # a fresh head for the run's classes
+    # exactly what the reference's Clothing1M script (and dmx before torchvision:NAME) builds,
+    # down to the fresh head's random draws
+    torch.manual_seed(5)
+    reference = tv_resnet50(num_classes=1000)
+    reference.load_state_dict(imagenet)
+    reference.fc = nn.Linear(2048, 14)
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in state.items())
+
+
+def test_resnet50_from_scratch_is_torchvisions_with_a_new_stem_for_other_channels():
+    from torchvision.models import resnet50 as tv_resnet50
+
+    torch.manual_seed(6)
+    state = create_model("resnet50", num_classes=14, in_channels=1).state_dict()
+    torch.manual_seed(6)
+    reference = tv_resnet50(num_classes=14)
+    reference.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in state.items())
 
 
 def test_resnet50_pretrained_damaged_cache_file_says_delete_it(hub):
