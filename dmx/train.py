@@ -66,6 +66,7 @@ class Session:
     opts: list[torch.optim.Optimizer]
     loop: Loop
     state: TrainState
+    noise: dict[str, float]  # the realised noise rate of the training split (where known)
 
 
 def setup(
@@ -85,7 +86,7 @@ def setup(
     nets, opts, loop, state = _start(run_cfg, prepared, data, state, progress)
     state.config = cfg.to_flat()  # the config as asked: a resume derives the same plan
     fast.compile_nets(nets, plan)
-    return Session(cfg, prepared, data, nets, opts, loop, state)
+    return Session(cfg, prepared, data, nets, opts, loop, state, noise_metrics(data))
 
 
 def fit(
@@ -99,52 +100,58 @@ def fit(
     epoch to `reporter` (checkpoints, metrics files, MLflow, Tune: see dmx.reporting). "auto"
     fields are resolved first, so the state and every reporter see the values that were used."""
     s = setup(cfg, state=state, progress=progress)
-    cfg, nets, opts, state = s.loop.cfg, s.nets, s.opts, s.state
     report = reporter or Reporter()
-    report.start(s.cfg, s.prepared, state)
-
-    noise = noise_metrics(s.data)
-    for epoch in range(state.epoch, cfg.run.epochs):
-        start = time.perf_counter()
-        m: dict[str, float] = {"epoch": epoch, "lr": set_learning_rate(opts, cfg, epoch), **noise}
-        if epoch < cfg.dividemix.warmup_epochs:
-            m["phase"] = 0
-            images = sum(
-                _add(m, warmup_epoch(net, opt, s.loop, epoch=epoch, net_id=k))
-                for k, (net, opt) in enumerate(zip(nets, opts))
-            )
-        else:
-            m["phase"] = 1
-            # Eval for division: both nets divide BEFORE either trains this epoch.
-            divisions = divide_nets(s, m)
-            # Co-divide: each net trains on the division of its peer; net1 first, so net2's peer
-            # is the net1 of this epoch's update (or its start-of-epoch copy: peer_snapshot).
-            peer_of_net2 = copy.deepcopy(nets[0]) if cfg.dividemix.peer_snapshot else nets[0]
-            images = sum(
-                _add(
-                    m,
-                    dividemix_epoch(
-                        net, peer, opts[k], s.loop, division=divisions[1 - k], epoch=epoch, net_id=k
-                    ),
-                )  # fmt: skip
-                for k, (net, peer) in enumerate([(nets[0], nets[1]), (nets[1], peer_of_net2)])
-            )
-        train_seconds = time.perf_counter() - start
-
-        m.update(eval_metrics(nets, s.data, cfg))
-        if cfg.run.best_on_clean_val:
-            _keep_best(state, nets, m)
-            if epoch == cfg.run.epochs - 1:
-                m.update(final_test(state, nets, s.loop))
-        m.update(_summary(state.metrics_history, m))
-        m["epoch_seconds"] = time.perf_counter() - start
-        m["images_per_second"] = images / max(train_seconds, 1e-9)
-        _snapshot(state, epoch + 1, nets, opts, s.loop, {k: float(v) for k, v in m.items()})
-        report.epoch_end(epoch, state.metrics_history[-1], state)
-
+    report.start(s.cfg, s.prepared, s.state)
+    for epoch in range(s.state.epoch, s.cfg.run.epochs):
+        run_epoch(s, epoch)
+        report.epoch_end(epoch, s.state.metrics_history[-1], s.state)
     if reporter is not None:  # the per-sample table costs two eval passes: only when wanted
-        reporter.run_end(state, sample_table(nets, state, s.data, s.prepared, cfg))
-    return state
+        reporter.run_end(s.state, sample_table(s.nets, s.state, s.data, s.prepared, s.loop.cfg))
+    return s.state
+
+
+def run_epoch(s: Session, epoch: int) -> dict[str, float]:
+    """One epoch of the run: warmup, or divide -> co-divide -> train each net; then evaluate.
+    The state then holds the finished epoch (`state.epoch == epoch + 1`) and its metrics."""
+    cfg, nets, opts, state = s.loop.cfg, s.nets, s.opts, s.state
+    start = time.perf_counter()
+    m: dict[str, float] = {"epoch": epoch, "lr": set_learning_rate(opts, cfg, epoch)}
+    m.update(s.noise)
+    if epoch < cfg.dividemix.warmup_epochs:
+        m["phase"] = 0
+        images = sum(
+            _add(m, warmup_epoch(net, opt, s.loop, epoch=epoch, net_id=k))
+            for k, (net, opt) in enumerate(zip(nets, opts))
+        )
+    else:
+        m["phase"] = 1
+        # Eval for division: both nets divide BEFORE either trains this epoch.
+        divisions = divide_nets(s, m)
+        # Co-divide: each net trains on the division of its peer; net1 first, so net2's peer is
+        # the net1 of this epoch's update (or its start-of-epoch copy: peer_snapshot).
+        peer_of_net2 = copy.deepcopy(nets[0]) if cfg.dividemix.peer_snapshot else nets[0]
+        images = sum(
+            _add(
+                m,
+                dividemix_epoch(
+                    net, peer, opts[k], s.loop, division=divisions[1 - k], epoch=epoch, net_id=k
+                ),
+            )  # fmt: skip
+            for k, (net, peer) in enumerate([(nets[0], nets[1]), (nets[1], peer_of_net2)])
+        )
+    train_seconds = time.perf_counter() - start
+
+    m.update(eval_metrics(nets, s.data, cfg))
+    if cfg.run.best_on_clean_val:
+        _keep_best(state, nets, m)
+        if epoch == cfg.run.epochs - 1:
+            m.update(final_test(state, nets, s.loop))
+    m.update(_summary(state.metrics_history, m))
+    m["epoch_seconds"] = time.perf_counter() - start
+    m["images_per_second"] = images / max(train_seconds, 1e-9)
+    m = {k: float(v) for k, v in m.items()}
+    _snapshot(state, epoch + 1, nets, opts, s.loop, m)
+    return m
 
 
 def _add(m: dict[str, float], result: tuple[dict[str, float], int]) -> int:
@@ -425,6 +432,7 @@ __all__ = [
     "fit",
     "learning_rate",
     "noise_metrics",
+    "run_epoch",
     "setup",
     "warmup_epoch",
 ]
