@@ -261,7 +261,7 @@ def check_files(paths: Sequence[str], *, cache_dir: str | Path, num_workers: int
     unique = list(dict.fromkeys(paths))
     stats = dict(zip(unique, file_stats(unique)))
     todo = [p for p in unique if known.get(p, (None, None))[:2] != stats[p]]
-    for j, _, reason in _run(_Files(todo, "check"), num_workers):
+    for j, _, reason in _run(_Files(todo, "check"), num_workers) if todo else ():
         known[todo[j]] = (*stats[todo[j]], reason)
     if todo:
         table = pa.table(
