@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from dmx.data.decode import BadImageError, decode_image, eval_image
 from dmx.files import atomic_write_bytes
 
-CACHE_FORMAT = 1  # bump when the decoded content for the same files and sizes would change
+CACHE_FORMAT = 2  # bump when the decoded content for the same files and sizes would change
 CHECKS_FILE = "image_checks.parquet"
 _CHUNK = 64  # files per worker task: amortises the inter-process hop
 
@@ -137,6 +137,8 @@ class Decoded:
     images: dict[str, torch.Tensor]  # split -> (n_ok, 3, S, S) uint8
     bad: dict[str, str]  # path -> reason, in file order
     gray: bool  # no decoded image carries colour (R = G = B everywhere)
+    mean: tuple[float, ...]  # (3,) of the training images on the [0, 1] scale (stored: a
+    std: tuple[float, ...]  # cached million-image set needs no pass over its pixels)
 
 
 def cache_path(cache_dir: str | Path, name: str, resize: int, crop: int, key: str) -> Path:
@@ -174,7 +176,23 @@ def decode_splits(
         name: out[name] if ok[name].all() else out[name][torch.from_numpy(ok[name])]
         for name in splits
     }
-    return Decoded(images, bad, gray)
+    mean, std = channel_stats(images["train"]) if "train" in images else ((), ())
+    return Decoded(images, bad, gray, mean, std)
+
+
+def channel_stats(images_u8: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (population) std of (N, C, H, W) uint8 images, [0, 1] scale."""
+    c = int(images_u8.shape[1])
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for chunk in torch.split(images_u8, 2048):  # bounded float64 memory
+        x = chunk.to(torch.float64) / 255.0
+        total += x.sum((0, 2, 3))
+        total_sq += (x * x).sum((0, 2, 3))
+    count = max(1, int(images_u8.shape[0] * images_u8.shape[2] * images_u8.shape[3]))
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
+    return tuple(mean.tolist()), tuple(std.tolist())
 
 
 def load_or_decode(
@@ -202,6 +220,8 @@ def load_or_decode(
         "images": decoded.images,
         "bad": [[p, r] for p, r in decoded.bad.items()],
         "gray": decoded.gray,
+        "mean": list(decoded.mean),
+        "std": list(decoded.std),
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -233,7 +253,8 @@ def _read_cache(path: Path, key: str, splits: Mapping[str, Sequence[str]]) -> De
             n_bad = sum(f in bad for f in files)
             if images[split].dtype != torch.uint8 or len(images[split]) != len(files) - n_bad:
                 return None
-        return Decoded(dict(images), bad, bool(payload["gray"]))
+        mean, std = tuple(payload["mean"]), tuple(payload["std"])
+        return Decoded(dict(images), bad, bool(payload["gray"]), mean, std)
     except Exception as exc:  # noqa: BLE001 - a damaged cache is rebuilt, whatever broke it
         warnings.warn(f"ignoring the unreadable cache {path} ({exc}); decoding anew.", stacklevel=4)
         return None
@@ -334,6 +355,7 @@ __all__ = [
     "CACHE_FORMAT",
     "Decoded",
     "cache_path",
+    "channel_stats",
     "check_files",
     "decode_splits",
     "file_stats",

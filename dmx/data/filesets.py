@@ -205,21 +205,6 @@ def _warn_bad(name: str, bad: Mapping[str, str]) -> None:
     )
 
 
-def _channel_stats(images_u8: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std (population) of (N, C, H, W) uint8 images on the [0, 1] scale."""
-    c = int(images_u8.shape[1])
-    total = torch.zeros(c, dtype=torch.float64)
-    total_sq = torch.zeros(c, dtype=torch.float64)
-    for chunk in torch.split(images_u8, 2048):  # bounded float64 memory
-        x = chunk.to(torch.float64) / 255.0
-        total += x.sum((0, 2, 3))
-        total_sq += (x * x).sum((0, 2, 3))
-    count = max(1, int(images_u8.shape[0] * images_u8.shape[2] * images_u8.shape[3]))
-    mean = total / count
-    std = (total_sq / count - mean * mean).clamp_min(0).sqrt()
-    return tuple(mean.tolist()), _safe_std(std.tolist())
-
-
 def _safe_std(std: list[float]) -> tuple[float, ...]:
     # A constant channel (std 0) would divide by zero when normalising: floor it at one grey level.
     return tuple(max(float(s), 1.0 / 255.0) for s in std)
@@ -283,12 +268,13 @@ def build_file_dataset(layout: FileLayout, opts: FileOptions) -> ImageDataset:
             raise BadImageError(path, reason)
         bad = decoded.bad
         images = decoded.images
-        if mean is None and decoded.gray:
-            images = {k: v[:, :1].contiguous() for k, v in images.items()}
         kept = _drop_bad(layout, bad)
-        channels = int(images["train"].shape[1])
         if mean is None:
-            mean, std = _channel_stats(images["train"])
+            mean, std = decoded.mean, _safe_std(list(decoded.std))
+            if decoded.gray:  # R = G = B everywhere: one channel says it all, losslessly
+                images = {k: v[:, :1].contiguous() for k, v in images.items()}
+                mean, std = mean[:1], std[:1]
+        channels = int(images["train"].shape[1])
         splits = {k: _as_split(s, images[k]) for k, s in kept.splits().items()}
         transforms = Transforms(
             crop_padding=plan.crop // 8,  # 4 at 32 px, as the reference's RandomCrop(32, 4)

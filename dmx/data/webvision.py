@@ -49,8 +49,8 @@ from dmx.data.filesets import (
 NUM_CLASSES = 50  # mini-WebVision: the first 50 classes (the reference's num_class)
 SOURCE = (
     "download WebVision 1.0 (the resized Google images, the validation images and info/) from "
-    "https://data.vision.ee.ethz.ch/cvl/webvision/download.html, and the ILSVRC2012 validation "
-    "images from https://image-net.org"
+    "https://data.vision.ee.ethz.ch/cvl/webvision/dataset2017.html, and the ILSVRC2012 "
+    "validation images from https://image-net.org"
 )
 IMAGENET_LIST = "info/imagenet_val_filelist.txt"
 
