@@ -165,14 +165,22 @@ def test_memory_cache_is_hit_on_the_second_load_and_a_changed_file_invalidates_i
     write_image(changed, 2, rng=np.random.default_rng(9), size=(50, 60))  # new content and mtime
     third = load("folder", folder / "train")
     assert calls == [1, 1]
-    i = third.train.files.index(str(changed)) if third.train.files else None
-    assert i is None  # the memory path keeps no file list; find the row through the stream path
     row = load("folder", folder / "train", pipeline="stream").train.files.index(str(changed))
     assert torch.equal(third.train.images[row], expected_images([str(changed)])[0])
     assert list((folder / "train" / ".dmx_cache").glob("folder-r32-c32-*.pt")) != caches  # replaced
     assert len(list((folder / "train" / ".dmx_cache").glob("folder-r32-c32-*.pt"))) == 1
     load("folder", folder / "train", image_size=16, resize=16)  # other sizes: another cache
     assert calls == [1, 1, 1]
+
+
+def test_a_damaged_cache_is_rebuilt_with_a_warning(folder):
+    first = load("folder", folder / "train")
+    (cache,) = (folder / "train" / ".dmx_cache").glob("folder-r32-c32-*.pt")
+    cache.write_bytes(b"not a torch file")
+    with pytest.warns(UserWarning, match="ignoring the unreadable cache"):
+        again = load("folder", folder / "train")
+    assert torch.equal(first.train.images, again.train.images)
+    assert load("folder", folder / "train").mean == first.mean  # rewritten: no warning now
 
 
 def test_decoding_in_two_worker_processes_gives_the_same_tensors(folder):
@@ -285,7 +293,8 @@ def test_memory_path_skips_and_lists_bad_files_with_one_warning(tmp_path):
     # the cache remembers the bad file: without skipping it is named again, with skipping listed
     with pytest.raises(BadImageError, match="broken.jpg"):
         load("folder", tmp_path / "t")
-    assert load("folder", tmp_path / "t", skip_bad_images=True).bad_files == ds.bad_files
+    with pytest.warns(UserWarning, match="left out 1 image file"):
+        assert load("folder", tmp_path / "t", skip_bad_images=True).bad_files == ds.bad_files
 
 
 def test_stream_path_bad_files_are_the_streams_business_unless_skipped(tmp_path, monkeypatch):
@@ -307,6 +316,12 @@ def test_stream_path_bad_files_are_the_streams_business_unless_skipped(tmp_path,
     write_image(Path(bad), 1, rng=np.random.default_rng(0))
     repaired = load("folder", tmp_path / "t", skip_bad_images=True, **opts)
     assert repaired.bad_files == () and bad in repaired.train.files
+
+
+def test_stream_statistics_sample_names_a_bad_file_early(tmp_path):
+    write_image_folder(tmp_path / "t", per_class=3, corrupt="owl")
+    with pytest.raises(BadImageError, match=r"owl/broken\.jpg: cannot decode"):
+        load("folder", tmp_path / "t", pipeline="stream")  # measured stats decode all 10 files
 
 
 def test_run_dir_reporter_writes_bad_images_txt(tmp_path):
@@ -539,6 +554,14 @@ def test_webvision_without_synsets_or_imagenet(tmp_path):
         ds = load("webvision", root)
     assert ds.class_names == tuple(str(i) for i in range(50)) and dict(ds.extra_tests) == {}
     assert ds.train.images.shape == (16, 3, 32, 32) and ds.test.images.shape == (4, 3, 32, 32)
+
+
+def test_webvision_malformed_list_line_names_file_and_line(tmp_path):
+    root = write_webvision_fixture(tmp_path, imagenet="none")
+    with open(root / "info" / "val_filelist.txt", "a") as fh:
+        fh.write("val000777.jpg seven\n")
+    with pytest.raises(ValueError, match=r"val_filelist.txt: line 6: expected 'PATH LABEL'"):
+        load("webvision", root)
 
 
 def test_webvision_missing_names_the_list_and_the_source(tmp_path):

@@ -55,7 +55,7 @@ def _id_table(path: Path) -> dict[int, str]:
         raise missing_dataset("CUB-200-2011", path, SOURCE)
     table: dict[int, str] = {}
     for lineno, text in read_lines(path):
-        key, _, value = text.partition(" ")
+        key, _, value = text.replace("\t", " ").partition(" ")
         if not key.isdigit() or not value.strip():
             raise DataLayoutError(
                 f"{path}: line {lineno}: expected '<id> <value>', found {text!r}. The file is "

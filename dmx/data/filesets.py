@@ -200,7 +200,8 @@ def _warn_bad(name: str, bad: Mapping[str, str]) -> None:
     more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
     warnings.warn(
         f"{name}: left out {len(bad)} image file(s) that cannot be decoded "
-        f"(data.skip_bad_images=true): {first}{more}. All are listed in the run's bad_images.txt.",
+        f"(data.skip_bad_images=true): {first}{more}. ImageDataset.bad_files lists them all; a "
+        "run writes them to RUN_DIR/bad_images.txt.",
         stacklevel=3,
     )
 
@@ -351,11 +352,11 @@ def read_lines(path: Path) -> list[tuple[int, str]]:
 
 def parse_key_label(path: Path, lineno: int, text: str, *, fix: str) -> tuple[str, int]:
     """`relative/path.jpg LABEL` -> (path, label); DataLayoutError naming file:line otherwise.
-    The label is the last field, so a path with spaces still parses."""
-    key, _, label = text.rpartition(" ")
-    key = key.strip()
+    The label is the last field (after spaces or a tab), so a path with spaces still parses."""
+    parts = text.rsplit(None, 1)
+    key = parts[0].strip() if len(parts) == 2 else ""
     try:
-        value = int(label)
+        value = int(parts[-1])
     except ValueError:
         value = None
     if not key or value is None:
