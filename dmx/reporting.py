@@ -28,6 +28,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 NOISY_LABELS_FILE = "noisy_labels.parquet"
 CLEAN_PROBS_FILE = "clean_probs.parquet"
+BAD_IMAGES_FILE = "bad_images.txt"  # image files the loader left out (data.skip_bad_images)
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
 
@@ -76,8 +77,9 @@ class EpochCallback(Reporter):
 
 
 class RunDirReporter(Reporter):
-    """The run directory of `dmx train` (layout in docs/architecture.md): config.json and the
-    noisy labels at the start, a checkpoint then metrics.jsonl at every epoch end (checkpoint
+    """The run directory of `dmx train` (layout in docs/architecture.md): config.json, the
+    noisy labels and bad_images.txt (image files the loader left out, if any) at the start, a
+    checkpoint then metrics.jsonl at every epoch end (checkpoint
     first: a metrics line never describes an epoch that a resume would train again), and
     clean_probs.parquet at the end.
 
@@ -96,6 +98,8 @@ class RunDirReporter(Reporter):
         if Path(data.noisy.path).resolve() != labels.resolve():
             data.noisy.save_parquet(labels)  # a JSON / NPY / CSV source becomes a parquet
         write_metrics(self.run_dir / METRICS_FILE, state.metrics_history)
+        dataset = getattr(data, "dataset", None)  # tests hand in stubs of PreparedData
+        write_bad_images(self.run_dir / BAD_IMAGES_FILE, getattr(dataset, "bad_files", ()))
         if state.epoch < cfg.run.epochs:
             (self.run_dir / CLEAN_PROBS_FILE).unlink(missing_ok=True)
 
@@ -107,6 +111,15 @@ class RunDirReporter(Reporter):
 
     def run_end(self, state: TrainState, samples: pa.Table) -> None:
         write_parquet_atomic(samples, self.run_dir / CLEAN_PROBS_FILE)
+
+
+def write_bad_images(path: Path, bad_files: tuple[str, ...]) -> None:
+    """One path per line of the files this run's dataset left out; no file when there are none
+    (a resumed run whose bad files were repaired drops the old list)."""
+    if bad_files:
+        atomic_write_bytes(path, "".join(f"{f}\n" for f in bad_files).encode())
+    else:
+        path.unlink(missing_ok=True)
 
 
 def write_metrics(path: Path, history: list[dict[str, float]]) -> None:

@@ -100,7 +100,13 @@ def test_missing_folder_says_how_to_fix(tmp_path):
 def test_unknown_dataset_lists_known_names():
     with pytest.raises(ValueError, match="cifar10.*cifar100.*digits"):
         load_dataset("mnist", ".")
-    assert set(DATASETS) == {"cifar10", "cifar100", "digits"}
+    assert set(DATASETS) == {"cifar10", "cifar100", "digits"} | {
+        "folder",
+        "manifest",
+        "cub200",
+        "clothing1m",
+        "webvision",  # image files (test_file_datasets)
+    }
 
 
 def test_truncated_file_names_the_file_and_the_fix(tmp_path):

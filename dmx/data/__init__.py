@@ -230,10 +230,47 @@ def _digits(root: str | Path, *, download: bool = False, **_: Any) -> ImageDatas
     return load_digits_dataset(root, download=download)
 
 
+# Image files (docs/datasets.md): options are dmx.data.filesets.FileOptions plus each layout's own
+# (test_root, val_root, manifest, classes_file); none downloads (download is ignored).
+def _folder(root: str | Path, *, download: bool = False, **options: Any) -> ImageDataset:
+    from dmx.data.folder import load_folder
+
+    return load_folder(root, **options)
+
+
+def _manifest(root: str | Path, *, download: bool = False, **options: Any) -> ImageDataset:
+    from dmx.data.manifest import load_manifest
+
+    return load_manifest(root, **options)
+
+
+def _cub200(root: str | Path, *, download: bool = False, **options: Any) -> ImageDataset:
+    from dmx.data.cub import load_cub200
+
+    return load_cub200(root, **options)
+
+
+def _clothing1m(root: str | Path, *, download: bool = False, **options: Any) -> ImageDataset:
+    from dmx.data.clothing1m import load_clothing1m
+
+    return load_clothing1m(root, **options)
+
+
+def _webvision(root: str | Path, *, download: bool = False, **options: Any) -> ImageDataset:
+    from dmx.data.webvision import load_webvision
+
+    return load_webvision(root, **options)
+
+
 DATASETS: dict[str, DatasetLoader] = {
     "cifar10": _cifar10,
     "cifar100": _cifar100,
     "digits": _digits,  # scikit-learn's bundled 8x8 digits: offline, for tests and CPU demos
+    "folder": _folder,  # ROOT/<class name>/<image> (+ data.test_root, data.val_root)
+    "manifest": _manifest,  # data.manifest: CSV / parquet of path,label[,true_label][,split]
+    "cub200": _cub200,  # CUB-200-2011 as distributed (CUB_200_2011/images.txt, ...)
+    "clothing1m": _clothing1m,  # Clothing1M as distributed (noisy_label_kv.txt, images/, ...)
+    "webvision": _webvision,  # mini-WebVision (first 50 classes) + ILSVRC2012 val
 }
 
 
