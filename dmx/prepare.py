@@ -141,13 +141,18 @@ def load_run_dataset(cfg: Config) -> ImageDataset:
     from dmx.models import input_size  # the model decides its input size when the config does not
 
     model_resize, model_crop = input_size(cfg.model.name)
+    crop, resize = cfg.data.image_size, cfg.data.resize
+    if not crop:
+        crop, resize = model_crop, resize or model_resize
+    elif not resize and model_crop:  # a crop size alone: the model's resize/crop proportion
+        resize = round(crop * model_resize / model_crop)
     options = {key: getattr(cfg.data, key) for key in FILE_OPTIONS}
     return load_dataset(
         cfg.data.dataset,
         Path(cfg.data.root),
         download=cfg.data.download,
-        image_size=cfg.data.image_size or model_crop,
-        resize=cfg.data.resize or model_resize,
+        image_size=crop,
+        resize=resize,
         imagenet_stats=cfg.model.pretrained,
         cache_dir=str(Path(cfg.data.root).expanduser() / ".dmx_cache"),
         **options,
@@ -160,10 +165,13 @@ def prepare_noisy_labels(cfg: Config) -> Config:
     a subset or split no trial could use (data.subset larger than the data, ...) is refused here,
     on the driver, instead of failing every trial and its retries."""
     noisy = prepare_data(cfg).noisy  # with every check of the splits a trial would make
-    root = str(Path(cfg.data.root).expanduser().resolve())
-    return cfg.with_overrides(
-        {"noise.label_file": str(Path(noisy.path).resolve()), "data.root": root}
-    )
+    # Absolute paths: Ray runs each trial in a working directory of its own.
+    paths = {
+        f"data.{key}": str(Path(value).expanduser().resolve())
+        for key in ("root", "test_root", "val_root", "manifest", "classes_file")
+        if (value := getattr(cfg.data, key))
+    }
+    return cfg.with_overrides({"noise.label_file": str(Path(noisy.path).resolve()), **paths})
 
 
 def prepare_data(cfg: Config) -> PreparedData:

@@ -27,7 +27,8 @@ UNKNOWN = -1
 
 @dataclass(frozen=True)
 class Split:
-    """Images and their labels: a uint8 tensor in memory, or one file path per image.
+    """Images and their labels: a uint8 tensor in memory, or one file path per image (streamed),
+    or both (a folder decoded into memory keeps its paths, to name its files in reports).
 
     `labels` are the labels this split carries: the true ones of a clean benchmark (CIFAR), the
     given (noisy) ones of a real-world training set (Clothing1M; see `ImageDataset.train_truth`).
@@ -44,8 +45,8 @@ class Split:
                 f"labels must be a 1-D int64 tensor, got {tuple(self.labels.shape)} "
                 f"{self.labels.dtype}."
             )
-        if (self.images is None) == (not self.files) and n:
-            raise ValueError("a Split holds either images (in memory) or files, not both/neither.")
+        if self.images is None and not self.files and n:
+            raise ValueError("a Split holds images (in memory) or files (or both), not neither.")
         if self.images is not None:
             if self.images.dtype != torch.uint8 or self.images.ndim != 4:
                 raise ValueError(
@@ -54,7 +55,7 @@ class Split:
                 )
             if self.images.shape[0] != n:
                 raise ValueError(f"{self.images.shape[0]} images but {n} labels.")
-        elif self.files and len(self.files) != n:
+        if self.files and len(self.files) != n:
             raise ValueError(f"{len(self.files)} files but {n} labels.")
 
     def __len__(self) -> int:
@@ -68,9 +69,9 @@ class Split:
         """The rows `idx` (N',) of this split, in that order."""
         idx = np.asarray(idx, dtype=np.int64)
         t = torch.from_numpy(idx)
-        if self.images is not None:
-            return Split(self.labels[t], images=self.images[t])
-        return Split(self.labels[t], files=tuple(self.files[i] for i in idx.tolist()))
+        images = self.images[t] if self.images is not None else None
+        files = tuple(self.files[i] for i in idx.tolist()) if self.files else ()
+        return Split(self.labels[t], images=images, files=files)
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,28 @@ def _decoder():
 
 
 _DECODE = None
+PIL_SUFFIXES = (".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+"""Formats of torchvision's ImageFolder list that TorchCodec and torchvision.io do not decode:
+read with Pillow (torchvision's own dependency) instead."""
+
+
+def _pil_decode(path: str | Path, channels: int) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        array = np.asarray(img.convert("RGB" if channels == 3 else "L"))
+    array = array[:, :, None] if array.ndim == 2 else array
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def _reason(exc: BaseException) -> str:
+    """The first line of a decoder's error without its C++ source location ("func, file:line,")."""
+    text = (str(exc).splitlines() or [type(exc).__name__])[0]
+    parts = text.split(", ")
+    while len(parts) > 1 and (":" in parts[0] and "/" in parts[0] or parts[0].isidentifier()):
+        parts = parts[1:]  # "DecodeJpeg, /path/DecodeJpeg.cpp:208, Not a JPEG file"
+    return ", ".join(parts)[:200] or type(exc).__name__
 
 
 def decode_image(path: str | Path, *, channels: int = 3) -> torch.Tensor:
@@ -61,12 +83,14 @@ def decode_image(path: str | Path, *, channels: int = 3) -> torch.Tensor:
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}.")
     try:
-        image = _DECODE(str(path), "RGB" if channels == 3 else "GRAY")
+        if Path(path).suffix.lower() in PIL_SUFFIXES:
+            image = _pil_decode(path, channels)
+        else:
+            image = _DECODE(str(path), "RGB" if channels == 3 else "GRAY")
     except FileNotFoundError:
         raise BadImageError(path, "no such file") from None
-    except (RuntimeError, ValueError, OSError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadImageError(path, reason[:200]) from None
+    except (RuntimeError, ValueError, OSError, SyntaxError) as exc:
+        raise BadImageError(path, _reason(exc)) from None
     if image.ndim != 3 or image.shape[0] != channels or image.dtype != torch.uint8:
         raise BadImageError(path, f"decoded to {tuple(image.shape)} {image.dtype}")
     if image.shape[1] < 1 or image.shape[2] < 1:

@@ -217,9 +217,8 @@ def _empty_images(channels: int, size: int) -> torch.Tensor:
 
 def _as_split(files: FileList, images: torch.Tensor | None) -> Split:
     labels = torch.from_numpy(files.labels.copy())
-    if images is not None:
-        return Split(labels, images=images)
-    return Split(labels, files=files.files)
+    # In memory the paths stay beside the pixels: reports and exports name the files.
+    return Split(labels, images=images, files=files.files)
 
 
 def _drop_bad(layout: FileLayout, bad: Mapping[str, str]) -> FileLayout:
