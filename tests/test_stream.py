@@ -229,32 +229,35 @@ def test_an_in_memory_split_or_no_crop_is_refused(image_files):
 STREAM_DATASET = "test_stream_files"
 
 
-def file_dataset(root: Path, n_train: int = 48, n_test: int = 12) -> ImageDataset:
-    """A tiny file-backed dataset (3 classes of JPEG/PNG files of several sizes), written once
-    under `root`, streamed at 32 px after a resize to 36."""
-    train_y = [i % 3 for i in range(n_train)]
-    test_y = [i % 3 for i in range(n_test)]
+def file_dataset(
+    root: Path, n_train: int = 48, n_test: int = 12, *, num_classes: int = 3, name: str = ""
+) -> ImageDataset:
+    """A tiny file-backed dataset (`num_classes` classes of JPEG/PNG files of several sizes),
+    written once under `root`, streamed at 32 px after a resize to 36."""
+    train_y = [i % num_classes for i in range(n_train)]
+    test_y = [i % num_classes for i in range(n_test)]
     if not (root / "train").is_dir():
         write_images(root / "train", train_y, seed=1)
         write_images(root / "test", test_y, seed=2)
     train = sorted(str(p) for p in (root / "train").iterdir())
     test = sorted(str(p) for p in (root / "test").iterdir())
     return ImageDataset(
-        name=STREAM_DATASET,
+        name=name or STREAM_DATASET,
         train=Split(torch.tensor(train_y), files=tuple(train)),
         test=Split(torch.tensor(test_y), files=tuple(test)),
-        num_classes=3,
-        class_names=("red", "green", "blue"),
+        num_classes=num_classes,
+        class_names=tuple(f"class_{c}" for c in range(num_classes)),
         mean=MEAN,
         std=STD,
         transforms=Transforms(resize=36, crop=32),
     )
 
 
-def register_stream_dataset(monkeypatch) -> None:
-    """`data.dataset=test_stream_files` loads `file_dataset(data.root)` (until the folder loader
-    lands, the test builds the ImageDataset itself)."""
-    monkeypatch.setitem(DATASETS, STREAM_DATASET, lambda root, **_: file_dataset(Path(root)))
+def register_stream_dataset(monkeypatch, name: str = STREAM_DATASET, **kw) -> None:
+    """`data.dataset=NAME` loads `file_dataset(data.root, **kw)` (until the folder loader lands,
+    the test builds the ImageDataset itself)."""
+    loader = lambda root, **_: file_dataset(Path(root), name=name, **kw)  # noqa: E731
+    monkeypatch.setitem(DATASETS, name, loader)
 
 
 def stream_cfg(root: Path, **overrides):
