@@ -239,6 +239,7 @@ def _build(
         channels=record["channels"],
         metadata=metadata,
     )
+    ensemble.requires_grad_(False)  # for inference: no autograd graph behind the outputs
     return ensemble.to(device).eval()
 
 
@@ -253,6 +254,7 @@ def to_torchscript(ensemble: Ensemble) -> torch.jit.ScriptModule:
     import copy
 
     ensemble = copy.deepcopy(ensemble).cpu().eval()
+    ensemble.requires_grad_(False)  # an inference artifact: outputs carry no autograd graph
     with warnings.catch_warnings():  # deprecated in torch 2.14 (FutureWarning), still working
         warnings.filterwarnings("ignore", message=r".*torch\.jit\.\w+` is deprecated")
         try:
