@@ -94,8 +94,9 @@ class RunDirReporter(Reporter):
     def start(self, cfg: Config, data: PreparedData, state: TrainState) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.run_dir / CONFIG_FILE, (cfg.to_json() + "\n").encode())
-        record = json.dumps(preprocessing_record(data.dataset), indent=2) + "\n"
-        atomic_write_bytes(self.run_dir / PREPROCESSING_FILE, record.encode())
+        if getattr(data, "dataset", None) is not None:  # (a stub PreparedData may have none)
+            record = json.dumps(preprocessing_record(data.dataset), indent=2) + "\n"
+            atomic_write_bytes(self.run_dir / PREPROCESSING_FILE, record.encode())
         labels = self.run_dir / NOISY_LABELS_FILE
         if Path(data.noisy.path).resolve() != labels.resolve():
             data.noisy.save_parquet(labels)  # a JSON / NPY / CSV source becomes a parquet
