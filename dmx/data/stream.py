@@ -12,7 +12,9 @@ on which worker made it, in what order, or how many workers there are (0, 1, 2, 
 bit-identical views), and a resumed run (same seed, same key) sees the same views as the run that
 never stopped. In the main process (num_workers=0) the draws happen under
 `torch.random.fork_rng`: the training loop's global RNG is left exactly as it was. The loop's
-generator (`gen`) is not used by this path.
+generator (`gen`) is not used by this path. The position, not the sample index: the unlabelled
+stream of an epoch cycles, and a sample drawn twice gets two augmentations (as from the
+reference's loader), not the same one twice.
 
 Workers. A DataLoader over a static dataset of every split's files takes one request per batch
 (which split, which rows, the key and the position of the batch's first sample) from a batch
@@ -46,7 +48,7 @@ def augment_seed(seed: int, key: Sequence[int], position: int, view: int) -> int
     """The 64-bit seed of view `view` of the sample at `position` of the stream `key` (e.g.
     (epoch, role, net_id)) of a run seeded `seed`. A hash (numpy's SeedSequence), so nearby
     positions, views and keys get unrelated streams."""
-    entropy = [seed % 2**64, _AUGMENT_TAG, len(key), *(int(k) for k in key), position, view]
+    entropy = [seed % 2**64, _AUGMENT_TAG, len(key), *(int(k) % 2**64 for k in key), position, view]
     return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
