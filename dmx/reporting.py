@@ -30,8 +30,8 @@ METRICS_FILE = "metrics.jsonl"
 NOISY_LABELS_FILE = "noisy_labels.parquet"
 CLEAN_PROBS_FILE = "clean_probs.parquet"
 CHECKPOINT_DIR = "checkpoints"
-PREPROCESSING_FILE = "preprocessing.json"  # class names + eval preprocessing (dmx predict/export)
 LOCK_FILE = ".lock"
+PREPROCESSING_FILE = "preprocessing.json"  # class names + eval preprocessing (dmx predict/export)
 
 
 class Reporter:
