@@ -114,6 +114,12 @@ class RunDirReporter(Reporter):
         write_parquet_atomic(samples, self.run_dir / CLEAN_PROBS_FILE)
 
 
+def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
+    """Rewrite the whole file from the state's history: a resumed run never duplicates epochs."""
+    text = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history)
+    atomic_write_bytes(path, text.encode())
+
+
 def preprocessing_record(dataset: ImageDataset) -> dict:
     """What turns an image file into this dataset's network input, and what its outputs mean:
     class names, channels, mean/std, and `eval_image`'s resize / crop (`dmx.ensemble` reads it,
@@ -133,12 +139,6 @@ def preprocessing_record(dataset: ImageDataset) -> dict:
         "crop": int(crop),
         "input_size": [int(h), int(w)],
     }
-
-
-def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
-    """Rewrite the whole file from the state's history: a resumed run never duplicates epochs."""
-    text = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history)
-    atomic_write_bytes(path, text.encode())
 
 
 class RunDirBusyError(RuntimeError):
