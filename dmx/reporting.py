@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # annotations only: dmx.tracking imports this module, and sta
     import pyarrow as pa
 
     from dmx.config import Config
+    from dmx.data import ImageDataset
     from dmx.prepare import PreparedData
     from dmx.state import TrainState
 
@@ -31,6 +32,7 @@ CLEAN_PROBS_FILE = "clean_probs.parquet"
 BAD_IMAGES_FILE = "bad_images.txt"  # image files the loader left out (data.skip_bad_images)
 CHECKPOINT_DIR = "checkpoints"
 LOCK_FILE = ".lock"
+PREPROCESSING_FILE = "preprocessing.json"  # class names + eval preprocessing (dmx predict/export)
 
 
 class Reporter:
@@ -94,6 +96,9 @@ class RunDirReporter(Reporter):
     def start(self, cfg: Config, data: PreparedData, state: TrainState) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.run_dir / CONFIG_FILE, (cfg.to_json() + "\n").encode())
+        if getattr(data, "dataset", None) is not None:  # (a stub PreparedData may have none)
+            record = json.dumps(preprocessing_record(data.dataset), indent=2) + "\n"
+            atomic_write_bytes(self.run_dir / PREPROCESSING_FILE, record.encode())
         labels = self.run_dir / NOISY_LABELS_FILE
         if Path(data.noisy.path).resolve() != labels.resolve():
             data.noisy.save_parquet(labels)  # a JSON / NPY / CSV source becomes a parquet
@@ -126,6 +131,27 @@ def write_metrics(path: Path, history: list[dict[str, float]]) -> None:
     """Rewrite the whole file from the state's history: a resumed run never duplicates epochs."""
     text = "".join(json.dumps(h, sort_keys=True) + "\n" for h in history)
     atomic_write_bytes(path, text.encode())
+
+
+def preprocessing_record(dataset: ImageDataset) -> dict:
+    """What turns an image file into this dataset's network input, and what its outputs mean:
+    class names, channels, mean/std, and `eval_image`'s resize / crop (`dmx.ensemble` reads it,
+    so predicting needs no dataset). An in-memory dataset's images are the network input: a
+    file is resized (shorter side) and centre-cropped to their size (crop 0: a non-square size,
+    taken as it is)."""
+    t, (h, w) = dataset.transforms, dataset.image_size
+    resize, crop = (t.resize, t.crop) if t.crop else ((h, h) if h == w else (0, 0))
+    return {
+        "dataset": dataset.name,
+        "class_names": list(dataset.class_names),
+        "num_classes": int(dataset.num_classes),
+        "channels": int(dataset.channels),
+        "mean": [float(m) for m in dataset.mean],
+        "std": [float(s) for s in dataset.std],
+        "resize": int(resize),
+        "crop": int(crop),
+        "input_size": [int(h), int(w)],
+    }
 
 
 class RunDirBusyError(RuntimeError):
@@ -186,10 +212,12 @@ __all__ = [
     "LOCK_FILE",
     "METRICS_FILE",
     "NOISY_LABELS_FILE",
+    "PREPROCESSING_FILE",
     "Reporter",
     "Reporters",
     "RunDirBusyError",
     "RunDirLock",
     "RunDirReporter",
+    "preprocessing_record",
     "write_metrics",
 ]

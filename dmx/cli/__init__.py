@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from dmx.cli import info, label_issues, sweep, train
+from dmx.cli import info, label_issues, predict, sweep, train
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def make_parser() -> argparse.ArgumentParser:
     sweep.add_arguments(sw)
     sw.set_defaults(func=sweep.run)
     label_issues.add_cli(sub)
+    predict.add_cli(sub)  # predict, export
     return parser
 
 
