@@ -161,8 +161,8 @@ def sample_table(
         div = divide_net(net, history, data, cfg, seed=seed)
         cols[f"clean_prob_net{k + 1}"] = np.asarray(div.clean_prob, dtype=np.float64)
         cols[f"loss_net{k + 1}"] = div.losses.numpy().astype(np.float32)
-    probs = sum(torch.softmax(predict_logits(n, data, TRAIN, cfg), dim=1) for n in nets)
-    probs = (probs / 2).cpu()  # (N, C)
+    # The ensemble as the test and `dmx predict` see it: softmax of the sum of the nets' logits.
+    probs = torch.softmax(sum(predict_logits(n, data, TRAIN, cfg) for n in nets), dim=1).cpu()
     cols["pred_label"] = probs.argmax(1).numpy().astype(np.int64)
     given = torch.from_numpy(cols["given_label"])
     cols["pred_prob_given"] = probs.gather(1, given[:, None]).squeeze(1).numpy().astype(np.float64)

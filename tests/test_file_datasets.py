@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from dmx.data import DATASETS, UNKNOWN, Transforms, load_dataset
+from dmx.data import DATASETS, UNKNOWN, Transforms, in_memory_dataset, load_dataset
 from dmx.data import cache as cache_mod
 from dmx.data.decode import BadImageError, decode_image, eval_image
 from dmx.data.filesets import (
@@ -333,11 +334,15 @@ def test_run_dir_reporter_writes_bad_images_txt(tmp_path):
     labels = run / "noisy_labels.parquet"
     labels.write_bytes(b"PAR1")  # already in place: not copied
     state = SimpleNamespace(epoch=0, metrics_history=[])
+    x = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)
+    y = torch.zeros(2, dtype=torch.int64)
+    base = in_memory_dataset("d", x, y, x, y, num_classes=1, class_names=("a",), mean=(0.5,) * 3,
+                             std=(0.5,) * 3)  # fmt: skip
     data = SimpleNamespace(noisy=SimpleNamespace(path=labels), dataset=None)
-    data.dataset = SimpleNamespace(bad_files=("/d/a.jpg", "/d/b.png"))
+    data.dataset = replace(base, bad_files=("/d/a.jpg", "/d/b.png"))
     RunDirReporter(run, keep_checkpoints=1).start(Config(), data, state)
     assert (run / BAD_IMAGES_FILE).read_text() == "/d/a.jpg\n/d/b.png\n"
-    data.dataset = SimpleNamespace(bad_files=())  # repaired before the resume: no stale list
+    data.dataset = base  # repaired before the resume: no stale list
     RunDirReporter(run, keep_checkpoints=1).start(Config(), data, state)
     assert not (run / BAD_IMAGES_FILE).exists()
 

@@ -110,6 +110,10 @@ def resize_shorter(image_u8: torch.Tensor, size: int) -> torch.Tensor:
         new_h, new_w = size, max(1, int(size * w / h))
     else:
         new_h, new_w = max(1, int(size * h / w)), size
+    if image_u8.device.type == "cpu":  # torch's uint8 antialiased kernel: ~15x the float path
+        return F.interpolate(image_u8[None], size=[new_h, new_w], mode="bilinear", antialias=True)[
+            0
+        ]
     out = F.interpolate(
         image_u8[None].float(), size=[new_h, new_w], mode="bilinear", antialias=True
     )
