@@ -318,3 +318,47 @@ def test_driver_killed_before_tunes_first_save_resumes_and_starts_again(tmp_path
         f"\nkilled before Tune's first save: resume {resumed:.0f} s, "
         f"total {time.perf_counter() - start:.0f} s"
     )
+
+
+@pytest.mark.slow
+def test_driver_sigkilled_before_tunes_first_save_resumes(tmp_path):
+    """The same moment as above, with a real SIGKILL of the driver process (and its Ray): the
+    spec is written, Tune's experiment state is not. `--resume` runs every trial to the end."""
+    from dmx.sweep.spec import SPEC_FILE, has_tune_state
+
+    root = write_cifar_fixture(tmp_path / "data", n_train=200, n_test=50)
+    marker = uuid.uuid4().hex
+    for attempt in range(3):  # the window is a second or two: try again if Tune saved first
+        results, uri = tmp_path / f"results{attempt}", f"sqlite:///{tmp_path}/mlflow{attempt}.db"
+        common = ["--storage-path", str(results), "--name", "early", "--mlflow-uri", uri, "--quiet"]
+        first = [
+            "--data-dir", str(root), "--model", "small_cnn", "--epochs", "2",
+            "--set", "dividemix.warmup_epochs=1", "--set", "run.device=cpu",
+            "--num-samples", "2", "--max-concurrent", "2", "--cpus-per-trial", "1", *common,
+        ]  # fmt: skip
+        folder = results / "early"
+        try:
+            proc = _driver(first, marker=marker, log=tmp_path / f"first{attempt}.log")
+            deadline = time.time() + 300
+            while not ((folder / SPEC_FILE).is_file() and not has_tune_state(str(folder))):
+                assert proc.poll() is None, (tmp_path / f"first{attempt}.log").read_text()[-3000:]
+                assert time.time() < deadline, "the driver never wrote its spec"
+                time.sleep(0.01)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            _kill_marked(marker)
+            if has_tune_state(str(folder)):
+                continue  # Tune saved between the check and the kill: not this moment
+            resumed = _driver(["--resume", *common], marker=marker, log=tmp_path / "resume.log")
+            assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-5000:]
+        finally:
+            _kill_marked(marker)
+        log = (tmp_path / "resume.log").read_text()
+        assert "trials: 2, errored: 0" in log, log[-3000:]
+        for trial_dir in sorted(folder.glob("trial_*")):
+            assert int(_rows(trial_dir)[-1]["epoch"]) == 1
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("early").experiment_id])
+        assert sorted(r.info.status for r in runs) == ["FINISHED"] * 3  # parent + 2 trials
+        return
+    pytest.fail("Tune saved its state before every attempted kill (3 tries)")

@@ -96,6 +96,26 @@ def test_a_second_writer_is_refused_and_the_lock_dies_with_its_holder(tmp_path, 
             RunDirLock(run).acquire()
 
 
+def test_two_dmx_train_on_one_folder_one_runs_the_other_is_refused(tmp_path):
+    """Two real `dmx train` processes started together on one --out (issue 11, item 3): before
+    the lock both exited 0 and left a mixture of their files."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "dmx.cli", *_train_args(tmp_path, run, "--epochs", "2",
+                                                          mlflow=False)]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+        for _ in range(2)
+    ]
+    results = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    refused = next(err for code, _, err in results if code == 2)
+    assert "is in use by another dmx train" in _one_line(refused)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1]  # one run's epochs, once each
+    assert load_latest_checkpoint(run / "checkpoints").epoch == 2
+
+
 # ---- bad input: one line, exit 2, nothing written ---------------------------------------------
 @pytest.mark.parametrize("case", ["file", "under_a_file", "unwritable"])
 def test_an_unusable_out_is_refused_before_anything_starts(tmp_path, capsys, case):
