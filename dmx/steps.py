@@ -82,7 +82,7 @@ def warmup_epoch(
     checks = FiniteCheck(epoch, name)
     total = torch.zeros((), device=loop.device)
     for i, (idx, (inputs,)) in enumerate(zip(batches, views)):
-        labels = data.noisy_y[idx.to(loop.device)]
+        labels = data.noisy_y[idx.to(loop.device, non_blocking=True)]
         with autocast(cfg, loop.device):
             logits = net(inputs).float()  # (B, C)
         ce = F.cross_entropy(logits, labels)
@@ -151,7 +151,7 @@ def dividemix_epoch(
             length=cfg.dividemix.rampup_length,
         )
         lam_u = cfg.dividemix.lambda_u * ramp
-        terms, n = step(bx.to(loop.device), x, u, weights, lam_u=lam_u, index=i)
+        terms, n = step(bx.to(loop.device, non_blocking=True), x, u, weights, lam_u=lam_u, index=i)
         sums += terms.detach()
         images += n
         if loop.progress:
@@ -210,7 +210,9 @@ class MixMatchStep:
             net.train()
         lam = mixmatch.mix_lambda(dm.alpha, loop.np_rng)
         all_inputs, all_targets = torch.cat(inputs), torch.cat([q_x, q_x, *guessed])
-        perm = torch.randperm(len(all_inputs), generator=loop.gen).to(loop.device)
+        perm = torch.randperm(len(all_inputs), generator=loop.gen).to(
+            loop.device, non_blocking=True
+        )
         mixed_inputs, mixed_targets = mixmatch.mixup(all_inputs, all_targets, lam=lam, perm=perm)
         n_x = 2 * len(bx)
         if dm.mix_labeled_only:  # the reference's Clothing1M / WebVision: the first 2B rows only

@@ -69,7 +69,7 @@ class DeviceData:
         """Lazily, batch by batch: the views' draws come from `gen` in loop order (`key` is the
         streaming path's; the loop's generator already makes these reproducible)."""
         for idx in batches:
-            images = self.train_x[idx.to(self.device)]
+            images = self.train_x[idx.to(self.device, non_blocking=True)]
             yield [self.train_view(images, gen) for _ in range(n_views)]
 
     def eval_batches(
