@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = load_from_args(args)
         row, frame = sample_table_for(sweep, args.trial)
-    except LookupError as exc:
+    except (LookupError, FileNotFoundError) as exc:
         print(f"plots: {exc}", file=sys.stderr)
         return 2
     title = "" if row is None else f"Per-sample loss at the end of trial {row['trial_id']}"

@@ -34,6 +34,7 @@ from dmx.tracking.runs import (
 from dmx.tracking.store import (
     MAX_PARAM_CHARS,
     PARENT_TAG,
+    POINT_ELSEWHERE,
     ROLE_TAG,
     RUN_DIR_TAG,
     SWEEP_TAG,
@@ -49,8 +50,10 @@ from dmx.tracking.store import (
     open_run,
     param_values,
     provenance_tags,
+    read_client,
     resolve_tracking_uri,
     retry,
+    uri_source,
 )
 
 __all__ = [
@@ -81,7 +84,10 @@ __all__ = [
     "log_trial_artifact",
     "open_run",
     "param_values",
+    "POINT_ELSEWHERE",
     "provenance_tags",
+    "read_client",
+    "uri_source",
     "resolve_tracking_uri",
     "retry",
     "start_sweep_run",
