@@ -274,8 +274,8 @@ def division_curves(history: pd.DataFrame, trials: pd.DataFrame, params: Sequenc
     axes = fig.subplots(2, 2).ravel()
     panels = (
         ("labeled", "Labelled-set size", "samples (mean of the 2 nets' divisions)"),
-        ("precision", "Clean-detection precision", "precision (labelled & clean / labelled)"),
-        ("recall", "Clean-detection recall", "recall (labelled & clean / clean)"),
+        ("precision", "Clean-detection precision", "precision (%: labelled & clean / labelled)"),
+        ("recall", "Clean-detection recall", "recall (%: labelled & clean / clean)"),
         ("auc", "Clean-detection ROC AUC", "AUC of clean probability vs truth"),
     )
     colors = _trial_colors(trials)

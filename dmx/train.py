@@ -95,7 +95,7 @@ def fit(
     report = reporter or Reporter()
     report.start(cfg, prepared, state)
     is_clean = data.true_y == prepared.noisy.noisy_labels[prepared.train_idx]  # (N,) bool
-    noise_rate = float(1.0 - is_clean.mean())  # realised on the training split
+    noise_rate = float(100.0 * (1.0 - is_clean.mean()))  # % wrong labels in the training split
 
     for epoch in range(state.epoch, cfg.run.epochs):
         start = time.perf_counter()
@@ -196,7 +196,8 @@ def _record_divisions(
     for name, div in zip(NET_NAMES, divisions):
         m[f"labeled_{name}"] = int(div.labeled_mask.sum())
         det = metrics.clean_detection(div.clean_prob, div.labeled_mask, is_clean)
-        m.update({f"{key}_{name}": float(v) for key, v in det.items()})
+        pct = {"precision": 100.0, "recall": 100.0}  # % like accuracy; AUC stays in [0, 1]
+        m.update({f"{key}_{name}": float(v) * pct.get(key, 1.0) for key, v in det.items()})
 
 
 def _empty_split_flags(m: dict[str, float], n_train: int) -> dict[str, float]:

@@ -33,4 +33,4 @@ def test_dividemix_beats_cross_entropy_on_noisy_digits(tmp_path):
     print(f"digits sym-0.5: DivideMix {dm_acc:.2f}% vs CE {ce_acc:.2f}%, AUC {auc:.3f}")
     assert dm_acc > ce_acc + 2.0
     assert auc > 0.9
-    assert dividemix[-1]["noise_rate"] == pytest.approx(0.45, abs=0.05)  # 0.5 * (1 - 1/10)
+    assert dividemix[-1]["noise_rate"] == pytest.approx(45, abs=5)  # % : 0.5 * (1 - 1/10)

@@ -219,4 +219,4 @@ def test_bf16_and_channels_last_run_on_cpu(cifar10_root):
     state = fit(cfg)
     last = state.metrics_history[-1]
     assert last["phase"] == 1 and np.isfinite(last["lx_net1"]) and 0 <= last["test_acc"] <= 100
-    assert abs(last["noise_rate"] - 0.2) < 0.15  # asym 40% flips half the classes: ~20% wrong
+    assert abs(last["noise_rate"] - 20) < 15  # % : asym 40% flips half the classes, ~20% wrong
