@@ -122,6 +122,13 @@ def add_arguments(p: argparse.ArgumentParser, *, preset: str | None = None) -> N
         help="retries of a failed trial from its last checkpoint",
     )
     add_mlflow_flags(r)
+    r.add_argument(
+        "--register-model",
+        metavar="NAME",
+        default="",
+        help="register the best trial's ensemble (always logged as an MLflow model) under NAME "
+        "in the MLflow Model Registry",
+    )
     p.add_argument(
         "--smoke-test",
         action="store_true",
@@ -157,6 +164,7 @@ def sweep_options(args: argparse.Namespace, name: str) -> Any:
         default_search=not args.no_default_search,
         max_failures=args.max_failures,
         seed=args.seed if args.seed is not None else 0,
+        register_model=args.register_model,
         **{flag: value for flag, value in given.items() if value is not None},
     )
 
@@ -206,7 +214,7 @@ def print_result(result: Any, *, out: TextIO | None = None) -> None:
         print(f"  checkpoint: {result.best_checkpoint}", file=out)
         if result.best_run_id:
             print(f"  MLflow run: {result.best_run_id}", file=out)
-        if getattr(result, "model_uri", ""):
+        if result.model_uri:
             print(f"  model:      {result.model_uri}", file=out)
     elif result.num_errors:
         print(

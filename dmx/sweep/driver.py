@@ -79,6 +79,8 @@ class SweepResult:
     """The MLflow run of the best trial."""
     optuna_storage: str = ""
     """The Optuna study's storage URL (study name = sweep name); "" when it is in memory."""
+    model_uri: str = ""
+    """The best trial's ensemble in MLflow (models:/...), "" when it could not be logged."""
     result_grid: Any = None
 
     def summary(self) -> dict[str, Any]:
@@ -469,6 +471,39 @@ def best_result(results: Iterable[Any]) -> Any:
     return max(candidates, key=lambda r: float(r.metrics[METRIC]), default=None)
 
 
+def _log_best_model(spec: SweepSpec, checkpoint: Any, run_id: str, trial_id: str) -> str:
+    """Log the best trial's ensemble (from its checkpoint) as an MLflow model of its run, and
+    register it when the sweep names a model; returns the model URI ("" with a warning when it
+    cannot be built, e.g. the data folder is not reachable from the driver)."""
+    from dmx.model_export import ensemble_from_checkpoint
+    from dmx.tracking.models import log_ensemble_model
+
+    try:
+        with checkpoint.as_directory() as folder:
+            model, example = ensemble_from_checkpoint(folder)
+        logged = log_ensemble_model(
+            spec.tracking_uri,
+            run_id,
+            model,
+            example,
+            registered_model_name=spec.options.register_model or None,
+            metadata={
+                "class_names": list(model.class_names),
+                "dmx.trial_id": trial_id,
+                "dmx.checkpoint": checkpoint.path,
+                "input": "uint8 images (B, C, H, W); output: logits (B, K), sum of both nets",
+            },
+        )
+    except Exception as exc:  # noqa: BLE001 - the sweep's results stand without the model
+        warnings.warn(
+            f"The best trial's model could not be logged to MLflow ({type(exc).__name__}: "
+            f"{exc}); its checkpoint {checkpoint.path} holds it.",
+            stacklevel=2,
+        )
+        return ""
+    return logged.model_uri
+
+
 def _finish(spec: SweepSpec, grid: Any) -> SweepResult:
     # The saved experiment state tells an interrupted sweep (Ctrl+C) from a finished one: Tune
     # marks running trials TERMINATED in memory when it stops, but saves them as unfinished.
@@ -489,6 +524,7 @@ def _finish(spec: SweepSpec, grid: Any) -> SweepResult:
         }
         best_id = str(best.metrics.get("trial_id", ""))
         best_ckpt = best.checkpoint.path if best.checkpoint is not None else ""
+    model_uri = ""
     best_run_id = ""
     if spec.tracking_uri:
         parent = tracking.RunLogger(spec.tracking_uri, spec.parent_run_id)
@@ -514,6 +550,10 @@ def _finish(spec: SweepSpec, grid: Any) -> SweepResult:
             tracking.set_experiment_tags(
                 spec.tracking_uri, spec.experiment_id, {ui.DESCRIPTION_TAG: description}
             )
+            if best.checkpoint is not None and best_run_id and not interrupted:
+                model_uri = _log_best_model(spec, best.checkpoint, best_run_id, best_id)
+                if model_uri:
+                    parent.set_tags({"dmx.best_model_uri": model_uri})
         for trial_id in unfinished:  # reopened (RUNNING) by resume_sweep
             tracking.end_trial_run(
                 spec.tracking_uri,
@@ -540,6 +580,7 @@ def _finish(spec: SweepSpec, grid: Any) -> SweepResult:
         experiment_id=spec.experiment_id,
         best_run_id=best_run_id,
         optuna_storage=optuna_storage_url(spec),
+        model_uri=model_uri,
         result_grid=grid,
     )
 

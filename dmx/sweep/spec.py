@@ -63,6 +63,9 @@ class SweepOptions:
     """Seeds the TPE sampler."""
     grace_period: int = DEFAULT_GRACE_PERIOD
     """ASHA: DivideMix epochs (after warmup) before a trial may be stopped."""
+    register_model: str = ""
+    """Register the best trial's ensemble (always logged as an MLflow model) under this name in
+    the Model Registry; empty: log it, register nothing."""
     optuna_storage: str = ""
     """Optuna RDB storage URL of the study (e.g. postgresql://...); empty: an sqlite file
     `optuna.db` in the sweep folder (none when the sweep's storage is a URI such as s3://)."""
