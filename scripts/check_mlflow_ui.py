@@ -42,7 +42,7 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--no-first-run",
     "--disable-dev-shm-usage",
-    "--window-size=1600,1000",
+    "--window-size=1920,1080",
 )
 
 
@@ -137,6 +137,24 @@ def wait_for_text(driver, texts: list[str], *, timeout: float = 60) -> str:
     return body
 
 
+HEADERS_JS = """
+const cells = '.ag-header-cell, .ag-header-group-cell, [role=columnheader]';
+return Array.from(document.querySelectorAll(cells))
+  .map(e => (e.innerText || e.textContent || '').trim()).filter(t => t);
+"""
+NAV_JS = """
+return Array.from(document.querySelectorAll('nav a, nav li, aside a'))
+  .map(e => (e.innerText || '').trim()).filter(t => t);
+"""
+
+
+def model_training_view(driver) -> bool:
+    """The sidebar of MLflow 3.17's "Model training" view lists Runs / Models / Traces; the GenAI
+    view lists Overview / Training runs / Observability instead."""
+    nav = driver.execute_script(NAV_JS)
+    return "Runs" in nav and "Overview" not in nav and "Observability" not in nav
+
+
 def check_ui(tracking_uri: str, experiment: str, out_dir: str | Path) -> list[str]:
     """Run the checks; returns the failures ([] = all good). Screenshots go to `out_dir`."""
     from mlflow import MlflowClient
@@ -167,17 +185,22 @@ def check_ui(tracking_uri: str, experiment: str, out_dir: str | Path) -> list[st
         driver.get(ui.experiment_url(base, exp.experiment_id))
         names = [r.info.run_name for r in trials]
         columns = ["val_acc", *searched]
-        body = wait_for_text(driver, [*names, *columns])
+        body = wait_for_text(driver, names)
+        headers = []
+        deadline = time.time() + 30
+        while time.time() < deadline and not all(c in " ".join(headers) for c in columns):
+            time.sleep(1)
+            headers = driver.execute_script(HEADERS_JS)
         driver.save_screenshot(str(out / "experiment_runs.png"))
         for name in names:
             if name not in body:
                 failures.append(f"runs table: trial run {name!r} not listed")
         for column in columns:
-            if column not in body:
-                failures.append(f"runs table: no column {column!r}")
-        if "Detect Issues" in body or "Traces" in body.split("\n")[:40]:
+            if not any(column in h for h in headers):
+                failures.append(f"runs table: no column {column!r} (headers: {headers})")
+        if not model_training_view(driver) or "Detect Issues" in body:
             failures.append("experiment page opened the GenAI view, not Model training")
-        (out / "experiment_runs.txt").write_text(body)
+        (out / "experiment_runs.txt").write_text(body + "\n\nHEADERS\n" + "\n".join(headers))
         # 2. Compare two trials: the objective is rendered, the parallel plot starts on it.
         pair = [r.info.run_id for r in trials[:2]]
         driver.get(ui.compare_url(base, exp.experiment_id, pair))
@@ -187,17 +210,16 @@ def check_ui(tracking_uri: str, experiment: str, out_dir: str | Path) -> list[st
         (out / "compare_runs.txt").write_text(body)
         if "val_acc" not in body:
             failures.append("compare page: the objective val_acc is not shown")
-        selected = driver.execute_script(
-            "const s = document.querySelectorAll('.ant-select-selection-item,"
-            "[class*=select] [title]'); return Array.from(s).map(e => e.textContent || e.title);"
+        if not model_training_view(driver):
+            failures.append("compare page: opened in the GenAI view")
+        # The parallel-coordinates plot's axes: the searched params and, last, the objective.
+        axes = driver.execute_script(
+            "return Array.from(document.querySelectorAll('.js-plotly-plot .axis-title'))"
+            ".map(e => e.textContent);"
         )
-        plot = driver.execute_script(
-            "const p = document.querySelector('.js-plotly-plot, .plot-container');"
-            "return p ? p.innerText || p.textContent : '';"
-        )
-        (out / "compare_runs.json").write_text(json.dumps({"selected": selected, "plot": plot}))
-        if "val_acc" not in " ".join(selected) + str(plot):
-            failures.append("compare page: the parallel coordinates plot does not show val_acc")
+        (out / "compare_runs.json").write_text(json.dumps({"axes": axes}))
+        if not axes or axes[-1] != "val_acc":
+            failures.append(f"compare page: the parallel plot does not end on val_acc ({axes})")
     return failures
 
 

@@ -147,10 +147,12 @@ def experiment_url(base: str, experiment_id: str, *, view: str | None = VIEW_ID)
 
 
 def compare_url(base: str, experiment_id: str, run_ids: Sequence[str]) -> str:
-    """MLflow's Compare page of `run_ids` (what "Compare" on selected runs opens)."""
+    """MLflow's Compare page of `run_ids` (what "Compare" on selected runs opens), in the
+    "Model training" view."""
     runs = json.dumps(list(run_ids), separators=(",", ":"))
     exps = json.dumps([experiment_id], separators=(",", ":"))
-    return f"{base.rstrip('/')}/#/compare-runs?runs={runs}&experiments={exps}"
+    query = f"runs={runs}&experiments={exps}&workflowType=machine_learning"
+    return f"{base.rstrip('/')}/#/compare-runs?{query}"
 
 
 def _column(kind: str, key: str) -> str:
@@ -217,12 +219,12 @@ def view_state(
         "lifecycleFilter": "Active",
         "datasetsFilter": [],
         "modelVersionFilter": "All Runs",
+        # The objective, the test accuracy and the searched params; MLflow's default Source,
+        # Models and Dataset columns are left out so that these fit on the screen.
         "selectedColumns": [
             _column("metrics", OBJECTIVE),
             _column("metrics", "test_acc"),
             *(_column("params", k) for k in searched),
-            _column("attributes", "Models"),
-            _column("attributes", "Dataset"),
         ],
         "columnOrder": [],
         "columnWidths": {},
