@@ -99,6 +99,42 @@ def test_asha_clock_starts_after_warmup():
     assert [dmx_sweep.dm_epoch(e, 0) for e in range(2)] == [1, 2]
 
 
+def test_the_search_space_reaches_optuna_unchanged_and_shows_in_rays_live_table():
+    """The searched dimensions go to Tune as its param_space (Ray's live table lists the
+    searched params from it) and OptunaSearch turns them back into the same distributions."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from dmx.sweep.driver import tune_domain
+    from dmx.sweep.trial import LIVE_TABLE_METRICS
+
+    space = dmx_sweep.build_search_space(
+        BASE, ("optim.batch_size=32,64,128", "dividemix.alpha=0.5:8:log", "run.seed=0:4")
+    )
+    param_space = {key: tune_domain(dim) for key, dim in space.items()}
+    converted = OptunaSearch.convert_search_space(param_space)
+    assert converted == {key: dim.distribution() for key, dim in space.items()}
+    assert list(param_space) == list(space)  # the table's parameter columns, in order
+    assert LIVE_TABLE_METRICS[0] == dmx_sweep.METRIC  # the objective is the first metric shown
+
+
+def test_the_parent_runs_params_define_the_sweep():
+    from dmx.sweep.driver import sweep_definition
+
+    base = BASE.with_overrides({"data.val_fraction": 0.05}).resolved()
+    options = dmx_sweep.SweepOptions(name="d", search=("dividemix.alpha=0.5:8:log",), seed=3)
+    spec = dmx_sweep.SweepSpec(options=options, base_config=base.to_flat())
+    definition = sweep_definition(spec)
+    assert definition["sweep.search.dividemix.alpha"] == "0.5:8:log"
+    assert (
+        definition["sweep.preset"] == "cifar10-asym-0.4" and definition["sweep.num_samples"] == 20
+    )
+    assert (
+        "seed 3" in definition["sweep.searcher"]
+        and "grace period 16" in definition["sweep.scheduler"]
+    )
+    assert not any(k.startswith(("dividemix.", "run.", "optim.")) for k in definition)
+
+
 def test_best_trial_skips_failed_and_non_finite_trials():
     from types import SimpleNamespace as R
 
@@ -800,3 +836,42 @@ def test_a_sweep_folder_without_tune_state_starts_cleanly_or_is_refused(tmp_path
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_a_sweep_says_where_everything_goes(tmp_path):
+    from dmx.cli.sweep import print_result, print_start
+
+    out = io.StringIO()
+    print_start("s1", str(tmp_path), f"sqlite:///{tmp_path}/m.db", out=out)
+    first = out.getvalue().splitlines()
+    assert first[0] == "dmx sweep: starting 's1'" and str(tmp_path / "s1") in first[1]
+    assert f"sqlite:///{tmp_path}/m.db" in first[2]
+    out = io.StringIO()
+    print_start("s1", str(tmp_path), False, out=out)  # --no-mlflow: no store named
+    assert "MLflow" not in out.getvalue()
+
+    result = dmx_sweep.SweepResult(
+        path=f"{tmp_path}/s1",
+        tracking_uri=f"sqlite:///{tmp_path}/m.db",
+        experiment="s1",
+        num_trials=3,
+        num_errors=0,
+        best_trial_id="a_00001",
+        best_params={"dividemix.T": 0.5},
+        best_metrics={"val_acc": 60.0},
+        best_checkpoint="c",
+        interrupted=False,
+        experiment_id="4",
+        best_run_id="r1",
+        optuna_storage=f"sqlite:///{tmp_path}/s1/optuna.db",
+        model_uri="models:/m-1",
+    )
+    out = io.StringIO()
+    print_result(result, out=out)
+    text = out.getvalue()
+    assert (
+        "compare trials at:   http://127.0.0.1:5000/#/experiments/4/runs?"
+        "workflowType=machine_learning&viewStateShareKey=dmx-sweep"
+    ) in text
+    assert f"optuna-dashboard sqlite:///{tmp_path}/s1/optuna.db" in text
+    assert "MLflow run: r1" in text and "model:      models:/m-1" in text

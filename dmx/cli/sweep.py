@@ -239,7 +239,7 @@ def print_start(
     "Files"). `mlflow_uri` False: the sweep is not tracked, no store is printed."""
     from dmx.tracking import resolve_tracking_uri
 
-    out = out or sys.stderr
+    out = out or sys.stdout  # beside the summary; stderr carries only errors and Ray's logs
     what = "resuming" if resume else "starting"
     print(f"dmx sweep: {what} {name!r}", file=out)
     print(f"  results, checkpoints, Optuna study: {storage}/{name}", file=out)
