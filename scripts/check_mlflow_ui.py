@@ -7,7 +7,7 @@ headless Chromium driven by Selenium (Debian's chromium + chromium-driver, offli
 What it asserts, as a new user would see it:
 1. the experiment link dmx prints opens the "Model training" runs table (not the GenAI
    overview), listing the trial runs by name (`λu=… T=… p=…`) with `val_acc` and the searched
-   params as columns;
+   params as columns, and its chart view starts with the objective;
 2. MLflow's Compare page of two trials renders the objective `val_acc`, and its parallel
    coordinates plot starts on it.
 Screenshots of both pages go to --out. Exit 0 when every check passes; the failures are printed
@@ -201,6 +201,15 @@ def check_ui(tracking_uri: str, experiment: str, out_dir: str | Path) -> list[st
         if not model_training_view(driver) or "Detect Issues" in body:
             failures.append("experiment page opened the GenAI view, not Model training")
         (out / "experiment_runs.txt").write_text(body + "\n\nHEADERS\n" + "\n".join(headers))
+        # 1b. Its chart view: the saved charts start with the objective.
+        driver.get(ui.experiment_url(base, exp.experiment_id) + "&compareRunsMode=CHART")
+        body = wait_for_text(driver, ["val_acc", "auc_net1"])
+        time.sleep(2)
+        driver.save_screenshot(str(out / "experiment_charts.png"))
+        (out / "experiment_charts.txt").write_text(body)
+        others = [body.find(m) for m in ("test_acc", "auc_net1", "lr") if m in body]
+        if "val_acc" not in body or (others and body.find("val_acc") > min(others)):
+            failures.append("chart view: the first chart is not the objective val_acc")
         # 2. Compare two trials: the objective is rendered, the parallel plot starts on it.
         pair = [r.info.run_id for r in trials[:2]]
         driver.get(ui.compare_url(base, exp.experiment_id, pair))
