@@ -11,7 +11,7 @@ What it asserts, as a new user would see it:
 2. MLflow's Compare page of two trials renders the objective `val_acc`, and its parallel
    coordinates plot starts on it.
 Screenshots of both pages go to --out. Exit 0 when every check passes; the failures are printed
-otherwise. `tests/test_sweep.py` runs it on the smoke sweep (marked slow; CI installs Chromium).
+otherwise. `tests/test_sweep_e2e.py` runs it on a small sweep (marked slow; CI installs Chromium).
 """
 
 from __future__ import annotations
