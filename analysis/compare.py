@@ -1,6 +1,6 @@
 """Compare the trials of a sweep: which setting to use, and can the objective be trusted?
 
-    python -m analysis.compare --experiment NAME [--tracking-uri URI] [--out DIR]
+    python -m analysis.compare --experiment NAME [--mlflow-uri URI] [--out DIR]
                                [--group-by PARAM ...] [--rank-by COLUMN]
 
 Prints the trials ranked by the sweep objective (noisy-validation accuracy at the last epoch) as
@@ -24,6 +24,7 @@ from analysis.runs import (
     OBJECTIVE,
     Sweep,
     best_setting,
+    correlation_caveat,
     default_grouping,
     format_cell,
     format_mean_std,
@@ -45,7 +46,7 @@ METRIC_COLUMNS = [
     "precision_final",
     "recall_final",
     "epochs",
-    "status",
+    "outcome",
     "wall_seconds",
 ]
 HEADERS = {
@@ -218,9 +219,10 @@ def format_text(comparison: Comparison) -> str:
         lines.append(best_text(c))
     corr = c.correlation
     if corr["n"] >= 3 and corr["spearman"] == corr["spearman"]:
+        caveat = correlation_caveat(corr["n"])
         lines.append(
             f"Spearman rank correlation of the objective with test accuracy over {corr['n']} "
-            f"trials: {corr['spearman']:.2f}."
+            f"trials: {corr['spearman']:.2f} (n = {corr['n']})." + (f" {caveat}" if caveat else "")
         )
     else:
         lines.append(f"Spearman rank correlation: undefined ({corr['n']} trials with both values).")
@@ -260,16 +262,20 @@ def write_outputs(comparison: Comparison, out_dir: str | Path) -> list[Path]:
 
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
-    """--experiment / --parent-run / --tracking-uri, shared by compare, plots and report."""
+    """--experiment / --parent-run / --mlflow-uri, shared by compare, plots and report."""
     parser.add_argument("--experiment", help="MLflow experiment name (one per sweep)")
     parser.add_argument(
         "--parent-run", default=None, help="only the trials nested under this sweep run id"
     )
     parser.add_argument(
+        "--mlflow-uri",
         "--tracking-uri",
+        dest="tracking_uri",
         default=None,
-        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
-        "sqlite:///mlflow.db in the current directory)",
+        metavar="URI",
+        help="MLflow store to read (default: $MLFLOW_TRACKING_URI, else "
+        "sqlite:///mlflow.db in the current directory; never created when missing). "
+        "--tracking-uri is an alias",
     )
 
 
@@ -308,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = load_from_args(args)
         comparison = compare(sweep, group_by=args.group_by, rank_by=args.rank_by)
-    except (LookupError, KeyError) as exc:
+    except (LookupError, KeyError, FileNotFoundError) as exc:
         print(f"compare: {exc}", file=sys.stderr)
         return 2
     print(format_text(comparison))

@@ -274,8 +274,8 @@ def division_curves(history: pd.DataFrame, trials: pd.DataFrame, params: Sequenc
     axes = fig.subplots(2, 2).ravel()
     panels = (
         ("labeled", "Labelled-set size", "samples (mean of the 2 nets' divisions)"),
-        ("precision", "Clean-detection precision", "precision (labelled & clean / labelled)"),
-        ("recall", "Clean-detection recall", "recall (labelled & clean / clean)"),
+        ("precision", "Clean-detection precision", "precision (%: labelled & clean / labelled)"),
+        ("recall", "Clean-detection recall", "recall (%: labelled & clean / clean)"),
         ("auc", "Clean-detection ROC AUC", "AUC of clean probability vs truth"),
     )
     colors = _trial_colors(trials)
@@ -539,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = load_from_args(args)
         row, frame = sample_table_for(sweep, args.trial)
-    except LookupError as exc:
+    except (LookupError, FileNotFoundError) as exc:
         print(f"plots: {exc}", file=sys.stderr)
         return 2
     title = "" if row is None else f"Per-sample loss at the end of trial {row['trial_id']}"

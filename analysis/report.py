@@ -1,6 +1,6 @@
 """One self-contained HTML page for a sweep: tables and plots embedded, nothing fetched.
 
-    python -m analysis.report --experiment NAME --out DIR [--tracking-uri URI]
+    python -m analysis.report --experiment NAME --out DIR [--mlflow-uri URI]
                               [--group-by PARAM ...] [--top K] [--log-to-mlflow]
 
 Writes DIR/report.html (plots as base64 PNG data URIs, CSS inline, no scripts) plus the PNGs and
@@ -35,8 +35,9 @@ from analysis.compare import (
     load_from_args,
     write_outputs,
 )
-from analysis.runs import SUMMARY_COLUMNS, Sweep, format_cell, format_value
-from dmx.label_issues import summarize_ranking, table_from_clean_probs
+from analysis.runs import SUMMARY_COLUMNS, Sweep, correlation_caveat, format_cell, format_value
+from dmx.label_issues import confused_pairs, summarize_ranking, table_from_clean_probs
+from dmx.sample_images import class_names, thumbnails
 
 CSS = """
 body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
@@ -64,8 +65,24 @@ figure img { max-width: 100%; height: auto; display: block; margin: 0 auto; }
 figcaption { color: #5b6475; font-size: 13px; margin-top: 6px; }
 .note { background: #fff8e1; border-left: 4px solid #f0b400; padding: 8px 12px; font-size: 14px; }
 code { background: #eef1f6; padding: 1px 4px; border-radius: 3px; }
+img.thumb { width: 64px; height: 64px; image-rendering: pixelated; display: block; }
 """
 
+LABEL_ISSUE_COLUMNS = (  # the names `dmx label-issues` writes, in its order
+    "rank",
+    "index",
+    "given_label",
+    "given_class",
+    "pred_label",
+    "pred_class",
+    "true_label",
+    "true_class",
+    "is_wrong",
+    "clean_prob_net1",
+    "clean_prob_net2",
+    "pred_prob_given",
+    "score",
+)
 PLOT_CAPTIONS = {
     "accuracy_curves": "Test accuracy (left, clean test labels) and noisy-validation accuracy "
     "(right, the sweep objective) per epoch; one line per trial, darker = better objective.",
@@ -91,19 +108,23 @@ def html_table(
     headers: dict[str, str] | None = None,
     *,
     row_class=None,
+    images: list[str] | None = None,
 ) -> str:
-    """A plain HTML table; numeric cells right-aligned; `row_class(row) -> str` styles rows."""
+    """A plain HTML table; numeric cells right-aligned; `row_class(row) -> str` styles rows;
+    `images`: one ready HTML cell content per row, shown as a first column "image"."""
     columns = list(frame.columns) if columns is None else columns
     headers = headers or {}
     numeric = {
         c: pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
         for c in columns
     }
-    head = "".join(f"<th>{_esc(headers.get(c, c))}</th>" for c in columns)
+    head = "<th>image</th>" if images is not None else ""
+    head += "".join(f"<th>{_esc(headers.get(c, c))}</th>" for c in columns)
     rows = []
-    for _, row in frame.iterrows():
+    for position, (_, row) in enumerate(frame.iterrows()):
         cls = row_class(row) if row_class else ""
-        cells = "".join(
+        cells = f"<td>{images[position]}</td>" if images is not None else ""
+        cells += "".join(
             f'<td class="num">{_esc(format_cell(c, row[c]))}</td>'
             if numeric[c]
             else f"<td>{_esc(format_cell(c, row[c]))}</td>"
@@ -130,6 +151,24 @@ def _card(value: str, label: str) -> str:
     return f'<div class="card"><b>{_esc(value)}</b><span>{_esc(label)}</span></div>'
 
 
+def _thumbnail_cells(row: pd.Series, indices: list[int]) -> tuple[list[str] | None, str]:
+    """<img> cells of the training images `indices` of the trial's dataset, or (None, why not):
+    the data must be where the trial read them (its `data.root`)."""
+    dataset, root = row.get("data.dataset"), row.get("data.root")
+    if not dataset or not root:
+        return None, "the trial's params name no dataset folder"
+    try:
+        pngs = thumbnails(str(dataset), str(root), indices)
+    except (OSError, ValueError, RuntimeError) as exc:
+        return None, f"the images of {dataset} are not readable at {root} ({exc})"
+    cells = [
+        f'<img src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}" '
+        f'alt="training sample {i}" class="thumb">'
+        for i, png in zip(indices, pngs, strict=True)
+    ]
+    return cells, ""
+
+
 def _label_issue_section(
     row: pd.Series | None, frame: pd.DataFrame | None, top_k: int, hist_path: Path | None
 ) -> str:
@@ -142,7 +181,8 @@ def _label_issue_section(
         )
         return "".join(parts)
     thr = plots.trial_p_threshold(row)
-    table = table_from_clean_probs(frame, p_threshold=thr)
+    names = class_names(str(row.get("data.dataset") or ""))
+    table = table_from_clean_probs(frame, p_threshold=thr, class_names=names)
     s = summarize_ranking(table, top_k=top_k)
     parts.append(
         f"<p>Trial <b>{_esc(row['trial_id'])}</b> (run <code>{_esc(row['run_id'])}</code>), "
@@ -168,24 +208,26 @@ def _label_issue_section(
             f"<figure>{_img(hist_path, 'loss histogram')}<figcaption>"
             f"{_esc(PLOT_CAPTIONS['loss_histogram'])}</figcaption></figure>"
         )
-    cols = [
-        c
-        for c in (
-            "rank",
-            "index",
-            "given_label",
-            "predicted_label",
-            "true_label",
-            "is_wrong",
-            "clean_prob_net1",
-            "clean_prob_net2",
-            "pred_prob_given",
-            "score",
+    pairs = confused_pairs(table)
+    parts.append("<h3>Which class pairs are confused</h3>")
+    if pairs.empty:
+        parts.append('<p class="note">No flagged sample is predicted as another class.</p>')
+    else:
+        parts.append(
+            "<p>Flagged samples whose ensemble prediction differs from the given label, by "
+            "(given, predicted) pair; <code>truly_wrong</code>: how many of those given labels "
+            "really are wrong.</p>"
         )
-        if c in table
-    ]
+        parts.append(html_table(pairs.head(10)))
+    cols = [c for c in LABEL_ISSUE_COLUMNS if c in table]
+    top = table.head(top_k).copy()
     parts.append(f"<h3>The {top_k} most suspect labels</h3>")
-    parts.append(html_table(table.head(top_k), cols))
+    cells, why = _thumbnail_cells(row, [int(i) for i in top["index"]])
+    if cells is None:
+        parts.append(f'<p class="note">No thumbnails: {_esc(why)}.</p>')
+        parts.append(html_table(top, cols))
+    else:
+        parts.append(html_table(top, cols, images=cells))
     parts.append("</section>")
     return "".join(parts)
 
@@ -204,26 +246,27 @@ def render_html(
     ranked = c.ranked
     top = ranked.iloc[0]
     corr = c.correlation
-    statuses = ranked["status"].value_counts().to_dict()
+    statuses = ranked["outcome"].value_counts().to_dict()
     body = [
         f"<header><h1>Sweep report: {_esc(sweep.experiment)}</h1>",
         f'<p class="meta">MLflow {_esc(sweep.tracking_uri)} · experiment id '
         f"{_esc(sweep.experiment_id)} · generated {_esc(time.strftime('%Y-%m-%d %H:%M'))}</p>"
         "</header>",
         '<section id="summary"><h2>Summary</h2><div class="cards">',
-        _card(str(len(ranked)), ", ".join(f"{v} {k.lower()}" for k, v in statuses.items())),
+        _card(str(len(ranked)), "trials: " + ", ".join(f"{v} {k}" for k, v in statuses.items())),
         _card(_pct(top[c.rank_by]), f"best objective ({c.rank_by})"),
         _card(_pct(top["test_acc_final"]), "its final test accuracy"),
         _card(_pct(ranked["test_acc_best"].max()), "best test accuracy, any trial"),
         _card(
             "–" if corr["spearman"] != corr["spearman"] else f"{corr['spearman']:.2f}",
-            "Spearman(objective, test)",
+            f"Spearman(objective, test), n = {corr['n']}",
         ),
         "</div>",
     ]
     head, _, rest = best_text(c).partition(": ")
     body.append(f"<p><b>{_esc(head)}:</b> {_esc(rest)}</p>")
     if corr["n"] >= 3 and corr["spearman"] == corr["spearman"]:
+        caveat = correlation_caveat(corr["n"])
         verdict = (
             "agree well"
             if corr["spearman"] >= 0.7
@@ -231,13 +274,19 @@ def render_html(
             if corr["spearman"] >= 0.3
             else "do not agree"
         )
+        if caveat:  # too few trials for a verdict: the number, not an adjective
+            verdict = f"have a Spearman rank correlation of {corr['spearman']:.2f}"
+        else:
+            verdict += f" (Spearman {corr['spearman']:.2f})"
         body.append(
-            f"<p><b>Does the objective pick what the test set would?</b> Over {corr['n']} trials "
-            f"the noisy-validation ranking and the test ranking {verdict} (Spearman "
-            f"{corr['spearman']:.2f}). Trusting the objective gives {corr['picked_test']:.2f}% "
+            f"<p><b>Does the objective pick what the test set would?</b> Over n = {corr['n']} "
+            f"trials the noisy-validation ranking and the test ranking {verdict}. Trusting the "
+            f"objective gives {corr['picked_test']:.2f}% "
             f"test accuracy against {corr['best_test']:.2f}% for the best trial on test "
             f"(regret {corr['regret']:.2f} points).</p>"
         )
+        if caveat:
+            body.append(f'<p class="note">{_esc(caveat)}</p>')
     else:
         body.append(
             f'<p class="note">Rank correlation needs at least 3 trials with both '
@@ -248,7 +297,7 @@ def render_html(
     def row_class(row):
         if row["run_id"] == top["run_id"]:
             return "best"
-        return "bad" if row["status"] in ("FAILED", "KILLED") else ""
+        return "bad" if row["status"] in ("FAILED", "KILLED") else ""  # stopped early is fine
 
     body += [
         '<section id="trials"><h2>Trials, ranked by the objective</h2>',
@@ -358,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         html_path, paths = build_report(
             sweep, args.out, group_by=args.group_by, top_k=args.top, trial_id=args.trial
         )
-    except (LookupError, KeyError) as exc:
+    except (LookupError, KeyError, FileNotFoundError) as exc:
         print(f"report: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {html_path} (open it in a browser)")

@@ -26,8 +26,10 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from dmx.tracking import PARENT_TAG, ROLE_TAG, TRIAL_TAG, resolve_tracking_uri
+from dmx.tracking import PARENT_TAG, POINT_ELSEWHERE, ROLE_TAG, TRIAL_TAG, read_client
 
+MIN_TRIALS_FOR_CORRELATION = 10
+"""Below this many trials a rank correlation is mostly noise: shown with n and a caveat."""
 OBJECTIVE = "val_acc_final"
 """The sweep objective column: noisy-validation accuracy (%) at the trial's last epoch."""
 SEED_PARAM = "run.seed"
@@ -39,8 +41,8 @@ SUMMARY_COLUMNS = {
     "val_acc_final": "noisy-validation accuracy (%) at the last epoch (the sweep objective)",
     "val_acc_best": "best noisy-validation accuracy (%) over epochs",
     "auc_final": "clean-detection ROC AUC at the end, mean of the two nets",
-    "precision_final": "clean-detection precision at the end, mean of the two nets",
-    "recall_final": "clean-detection recall at the end, mean of the two nets",
+    "precision_final": "clean-detection precision (%) at the end, mean of the two nets",
+    "recall_final": "clean-detection recall (%) at the end, mean of the two nets",
     "auc_net1_final": "... and per net (auc/precision/recall _net1/_net2 _final)",
     "labeled_final": "labelled-set size at the end, mean of the two nets' divisions",
     "epochs": "epochs run (largest logged step + 1)",
@@ -165,9 +167,10 @@ class Sweep:
     """Runs tagged dmx.role=sweep in the experiment (where sweep-level plots are logged)."""
 
 
-def _client(tracking_uri: str | None):
-    uri = resolve_tracking_uri(tracking_uri)  # the same default store as the writer
-    return MlflowClient(tracking_uri=uri), uri
+def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
+    """The store's client; the same default store as the writer, never created by reading
+    (FileNotFoundError naming the store when it does not exist)."""
+    return read_client(tracking_uri)
 
 
 def _search_all(client, experiment_id: str, filter_string: str) -> list:
@@ -195,7 +198,8 @@ def load_sweep(
         experiment: MLflow experiment name (one experiment per sweep). May be None when
             `parent_run_id` is given.
         parent_run_id: restrict to the nested runs of this sweep run.
-        tracking_uri: MLflow tracking URI (default: MLFLOW_TRACKING_URI / MLflow's default).
+        tracking_uri: MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db); a
+            store that does not exist is a FileNotFoundError, never created.
         metrics: metric keys whose per-epoch history to read (default: every logged metric).
 
     Trial runs are every run that is not a sweep parent (dmx.role=trial, or =train for
@@ -212,7 +216,8 @@ def load_sweep(
         if exp is None:
             names = sorted(e.name for e in client.search_experiments())
             raise LookupError(
-                f"No MLflow experiment named {experiment!r} at {uri}. Known: {', '.join(names)}"
+                f"No MLflow experiment named {experiment!r} in the store {uri}. Known: "
+                f"{', '.join(names) or 'none'}. {POINT_ELSEWHERE}"
             )
     runs = _search_all(client, exp.experiment_id, "")
     parents = [r.info.run_id for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
@@ -221,7 +226,7 @@ def load_sweep(
         parents = [parent_run_id]
     runs = [r for r in runs if r.data.tags.get(ROLE_TAG) != "sweep"]
     if not runs:
-        raise LookupError(f"Experiment {exp.name!r} at {uri} holds no trial runs yet.")
+        raise LookupError(f"Experiment {exp.name!r} in the store {uri} holds no trial runs yet.")
 
     hist_rows = []
     for run in runs:
@@ -268,6 +273,7 @@ def load_sweep(
     trials["wall_seconds"] = ((end - trials["_start_ms"]) / 1000.0).astype("float64")
     trials["epochs"] = trials["epochs"].astype("Int64")  # nullable: a run may hold no metric yet
     trials = trials.drop(columns=[c for c in trials if c.startswith("_")])
+    trials.insert(trials.columns.get_loc("status") + 1, "outcome", trials.apply(outcome, axis=1))
     trial_ids = trials.set_index("run_id")["trial_id"]
     history.insert(1, "trial_id", history["run_id"].map(trial_ids))
     return Sweep(
@@ -279,6 +285,27 @@ def load_sweep(
         params=param_keys,
         searched=varying_params(trials, param_keys),
         parent_run_ids=parents,
+    )
+
+
+def outcome(row: pd.Series) -> str:
+    """How a trial ended, in words: "stopped early (ASHA)" for a FINISHED run that ASHA stopped
+    (MLflow has no such status), else its status in lower case (finished, failed, killed,
+    running)."""
+    if row.get("stopped_early") and row.get("status") == "FINISHED":
+        return "stopped early (ASHA)"
+    return str(row.get("status", "")).lower()
+
+
+def correlation_caveat(n: int) -> str:
+    """ "" for `n` >= MIN_TRIALS_FOR_CORRELATION, else why a rank correlation over `n` trials
+    says little (a Spearman of 1.00 over 3 trials happens by chance one time in six)."""
+    if n >= MIN_TRIALS_FOR_CORRELATION:
+        return ""
+    chance = f" (with {n} trials a perfect ranking happens by chance 1 time in {math.factorial(n)})"
+    return (
+        f"Only {n} trials: a rank correlation over fewer than {MIN_TRIALS_FOR_CORRELATION} "
+        f"trials says little{chance if 2 <= n <= 6 else ''}; run more trials before trusting it."
     )
 
 
@@ -402,8 +429,11 @@ def to_json(obj: Any) -> str:
 
 
 __all__ = [
+    "MIN_TRIALS_FOR_CORRELATION",
     "OBJECTIVE",
     "SUMMARY_COLUMNS",
+    "correlation_caveat",
+    "outcome",
     "Sweep",
     "best_setting",
     "dedup_history",

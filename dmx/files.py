@@ -4,6 +4,12 @@ Readers (and a run resumed after a crash) see the old file or the whole new one,
 it. The sha256 helpers here are the only ones in dmx: a label file's hash, a checkpoint's sidecar
 and a sweep's label check must agree, so they are computed one way. Torch-free, so the label and
 report writers can use it too.
+
+Permissions: every file written here gets the mode a plain `open(path, "w")` would give, 0666
+minus the process umask (0644 under the usual umask 022, 0664 under 002), not the 0600 of the
+temporary file `mkstemp` creates. Checkpoints, metrics, parquet files and the MLflow artifacts
+copied from them stay readable by a colleague, an MLflow server or Ray workers running as
+another user on shared storage, exactly as far as the umask allows.
 """
 
 from __future__ import annotations
@@ -35,13 +41,35 @@ def sha256_file(path: str | Path) -> str:
         return sha256_stream(f)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux tells it (/proc), else by the
+    classic set-and-restore (not thread-safe, hence the first way)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0666 minus the umask."""
+    return 0o666 & ~current_umask()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to a temp file in the same folder, fsync, rename over `path`, fsync the
-    folder. The temp file is removed if writing fails."""
+    folder. The file gets `default_file_mode()` (the umask's mode, not mkstemp's 0600). The temp
+    file is removed if writing fails."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, default_file_mode())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -72,6 +100,8 @@ def write_parquet_atomic(table: Any, path: str | Path) -> None:
 
 __all__ = [
     "atomic_write_bytes",
+    "current_umask",
+    "default_file_mode",
     "sha256_bytes",
     "sha256_file",
     "sha256_stream",

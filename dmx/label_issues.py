@@ -206,13 +206,16 @@ def label_issue_table(
     true_labels: Any = None,
     sample_index: Any = None,
     p_threshold: float = 0.5,
+    class_names: Any = None,
 ) -> pd.DataFrame:
     """Every sample, ranked most-likely-wrong first, one row each.
 
-    Columns: rank (0 = most likely wrong), index (dataset index; `sample_index` (N,) or 0..N-1),
-    given_label, predicted_label, clean_prob_net1, clean_prob_net2 (equal when one net is given),
-    pred_prob_given (nan when unknown), score, flagged (mean clean prob < p_threshold), and, when
-    `true_labels` (N,) is given, true_label and is_wrong.
+    Columns (the names of clean_probs.parquet where they overlap, in every file dmx writes):
+    rank (1 = most likely wrong), index (dataset index; `sample_index` (N,) or 0..N-1),
+    given_label, pred_label (the ensemble's prediction), clean_prob_net1, clean_prob_net2 (equal
+    when one net is given), pred_prob_given (nan when unknown), score, flagged (mean clean prob <
+    p_threshold); with `true_labels` (N,): true_label and is_wrong; with `class_names` (C,):
+    given_class, pred_class (and true_class) beside the indices.
     """
     given = np.asarray(given_labels)
     score, tiebreak = label_issue_scores(
@@ -237,10 +240,10 @@ def label_issue_table(
     order = rank_by_score(score, tiebreak)
     table = pd.DataFrame(
         {
-            "rank": np.arange(n, dtype=np.int64),
+            "rank": np.arange(1, n + 1, dtype=np.int64),
             "index": index[order].astype(np.int64),
             "given_label": given[order].astype(np.int64),
-            "predicted_label": predicted[order].astype(np.int64),
+            "pred_label": predicted[order].astype(np.int64),
             "clean_prob_net1": cp[order, 0],
             "clean_prob_net2": cp[order, -1],
             "pred_prob_given": prob_given[order],
@@ -254,7 +257,56 @@ def label_issue_table(
             raise ValueError(f"true_labels must have shape ({n},); got {true.shape}.")
         table["true_label"] = true[order].astype(np.int64)
         table["is_wrong"] = table["true_label"].to_numpy() != table["given_label"].to_numpy()
+    if class_names is not None:
+        add_class_names(table, class_names)
     return table
+
+
+def _names(labels: np.ndarray, class_names: Any) -> list[str]:
+    names = list(class_names)
+    return [names[i] if 0 <= i < len(names) else "" for i in labels]
+
+
+def add_class_names(table: pd.DataFrame, class_names: Any) -> pd.DataFrame:
+    """Add `<x>_class` beside each `<x>_label` column (given, pred, true) of `table`, in place:
+    the class name of that index in `class_names` (C,), "" for an unknown index (-1)."""
+    for kind in ("given", "pred", "true"):
+        label = f"{kind}_label"
+        if label in table and f"{kind}_class" not in table:
+            position = table.columns.get_loc(label) + 1
+            table.insert(position, f"{kind}_class", _names(table[label].to_numpy(), class_names))
+    return table
+
+
+def confused_pairs(table: pd.DataFrame, *, top_k: int | None = None) -> pd.DataFrame:
+    """Which class pairs are confused: among the suspects (the first `top_k` ranked rows, else the
+    flagged ones) whose ensemble prediction differs from the given label, the count of each
+    (given_label, pred_label) pair, most frequent first.
+
+    Columns: given_label, pred_label (+ given_class, pred_class when `table` has them), count,
+    share (% of those suspects), and with true labels known: truly_wrong (how many of the pair's
+    given labels really are wrong) and true_is_pred (how many have the predicted label as truth).
+    """
+    ranked = table.sort_values("rank")
+    suspects = ranked.iloc[: int(top_k)] if top_k is not None else ranked[ranked["flagged"]]
+    suspects = suspects[suspects["pred_label"] != suspects["given_label"]]
+    keys = ["given_label", "pred_label"]
+    names = [c for c in ("given_class", "pred_class") if c in suspects]
+    columns = [*keys, *names, "count", "share"]
+    if suspects.empty:
+        return pd.DataFrame(columns=columns)
+    grouped = suspects.groupby(keys, sort=False)
+    out = grouped.size().rename("count").reset_index()
+    for name in names:
+        out[name] = grouped[name].first().to_numpy()
+    out["share"] = 100.0 * out["count"] / len(suspects)
+    if "is_wrong" in suspects:
+        out["truly_wrong"] = grouped["is_wrong"].sum().to_numpy().astype(np.int64)
+        hit = suspects["true_label"] == suspects["pred_label"]
+        out["true_is_pred"] = hit.groupby([suspects[k] for k in keys], sort=False).sum().to_numpy()
+        columns += ["truly_wrong", "true_is_pred"]
+    out = out.sort_values(["count", *keys], ascending=[False, True, True], kind="stable")
+    return out[columns].reset_index(drop=True)
 
 
 def summarize_ranking(table: pd.DataFrame, *, top_k: int | None = None) -> dict[str, float]:
@@ -286,9 +338,11 @@ def summarize_ranking(table: pd.DataFrame, *, top_k: int | None = None) -> dict[
     return out
 
 
-def table_from_clean_probs(frame: pd.DataFrame, *, p_threshold: float = 0.5) -> pd.DataFrame:
+def table_from_clean_probs(
+    frame: pd.DataFrame, *, p_threshold: float = 0.5, class_names: Any = None
+) -> pd.DataFrame:
     """`label_issue_table` from a clean_probs.parquet frame (true_label used when present and
-    not all negative, since -1 marks an unknown truth)."""
+    not all negative, since -1 marks an unknown truth); `class_names` (C,) adds class names."""
     missing = {"given_label", "clean_prob_net1"} - set(frame.columns)
     if missing:
         raise ValueError(f"clean probabilities table lacks columns {sorted(missing)}.")
@@ -304,11 +358,14 @@ def table_from_clean_probs(frame: pd.DataFrame, *, p_threshold: float = 0.5) -> 
         true_labels=true,
         sample_index=frame["index"].to_numpy() if "index" in frame else None,
         p_threshold=p_threshold,
+        class_names=class_names,
     )
 
 
 __all__ = [
+    "add_class_names",
     "average_precision",
+    "confused_pairs",
     "find_label_issues",
     "label_issue_scores",
     "label_issue_table",

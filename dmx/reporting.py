@@ -173,7 +173,7 @@ class RunDirLock:
 
     def acquire(self) -> RunDirLock:
         """Take the lock or raise RunDirBusyError at once (never waits)."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)  # minus the umask, as open()
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

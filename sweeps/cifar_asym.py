@@ -7,8 +7,10 @@ noisy-validation accuracy, every trial checkpointed and tracked in MLflow.
 
     python sweeps/cifar_asym.py --smoke-test --data-dir /tmp/cifar10
     python sweeps/cifar_asym.py --num-samples 32 --gpus-per-trial 0.5 --max-concurrent 8
+    # on a cluster's head node; HEAD_IP = the head's private address (`ray start --head` prints
+    # it): trials log to MLflow from every node, where 127.0.0.1 would be that node itself
     python sweeps/cifar_asym.py --address auto --data-dir /shared/data \
-        --storage-path /shared/ray_results --mlflow-uri http://127.0.0.1:5000
+        --storage-path /shared/ray_results --mlflow-uri http://HEAD_IP:5000
     python sweeps/cifar_asym.py --resume --name NAME
 
 See docs/sweeps.md.

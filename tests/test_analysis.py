@@ -50,8 +50,8 @@ def _metrics(lambda_u: float, seed: int, epoch: int) -> dict[str, float]:
         div = epoch >= WARMUP
         m[f"labeled_net{k}"] = 600.0 + 10 * epoch + k if div else math.nan
         m[f"auc_net{k}"] = 0.8 + 0.01 * epoch + 0.001 * k if div else math.nan
-        m[f"precision_net{k}"] = 0.9 if div else math.nan
-        m[f"recall_net{k}"] = 0.7 + 0.01 * k if div else math.nan
+        m[f"precision_net{k}"] = 90.0 if div else math.nan  # % (docs/architecture.md)
+        m[f"recall_net{k}"] = 70.0 + k if div else math.nan
     return m
 
 
@@ -88,7 +88,13 @@ def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root}/mlflow.db"
     base = Config().with_overrides({"run.epochs": EPOCHS, "data.dataset": "digits"})
-    sweep = tracking.start_sweep_run(uri, EXPERIMENT, sweep_name="s1", base_config=base.to_flat())
+    sweep = tracking.start_sweep_run(
+        uri,
+        EXPERIMENT,
+        sweep_name="s1",
+        definition={"sweep.search.dividemix.lambda_u": "0:50"},
+        base_config=base.to_flat(),
+    )
     exp_id = sweep.experiment_id
     run_ids = {}
     files = root / "files"
@@ -100,8 +106,10 @@ def store(tmp_path_factory):
         trial = tracking.start_trial_run(
             uri, exp_id, trial_id=f"t{i}", parent_run_id=sweep.run_id, flat_config=cfg.to_flat()
         )
-        for epoch in range(EPOCHS):
+        for epoch in range(EPOCHS if (lam, seed) != (0.0, 1) else EPOCHS - 2):
             trial.log_metrics(_metrics(lam, seed, epoch), step=epoch)
+        if (lam, seed) == (0.0, 1):  # stopped by ASHA: FINISHED, tagged by the driver's callback
+            trial.set_tags({"dmx.stopped_early": "true"})
         if (lam, seed) == (50.0, 2):  # the best trial carries the per-sample file
             _clean_probs_frame().to_parquet(files / "clean_probs.parquet")
             trial.log_artifact(files / "clean_probs.parquet")
@@ -170,12 +178,14 @@ def test_trial_table_matches_what_was_logged(sweep, store):
     assert t.loc["t5", "test_acc_last10"] == pytest.approx(np.mean(tests))
     assert t.loc["t5", "auc_net1_final"] == pytest.approx(last["auc_net1"])
     assert t.loc["t5", "auc_final"] == pytest.approx((last["auc_net1"] + last["auc_net2"]) / 2)
-    assert t.loc["t5", "recall_final"] == pytest.approx(0.715)
+    assert t.loc["t5", "recall_final"] == pytest.approx(71.5)  # %
     assert t.loc["t5", "labeled_final"] == pytest.approx(600 + 10 * (EPOCHS - 1) + 1.5)
     assert t.loc["t5", "epochs"] == EPOCHS and t.loc["t5", "status"] == "FINISHED"
     assert t.loc["t5", "train_seconds"] == pytest.approx(1.5 * EPOCHS)
     assert t.loc["t5", "wall_seconds"] >= 0
     assert t.loc["t6", "status"] == "FAILED" and t.loc["t6", "epochs"] == 3
+    assert t.loc["t6", "outcome"] == "failed" and t.loc["t5", "outcome"] == "finished"
+    assert t.loc["t0", "status"] == "FINISHED" and t.loc["t0", "outcome"] == "stopped early (ASHA)"
     # ranked by the objective: t5 (lambda_u 50, seed 2) first
     assert sweep.trials.iloc[0]["trial_id"] == "t5" and sweep.trials["rank"].tolist() == list(
         range(1, 8)
@@ -204,7 +214,7 @@ def test_grouping_and_correlation(sweep):
 
 def test_compare_cli(store, tmp_path, capsys):
     code = compare_cli.main(
-        ["--experiment", EXPERIMENT, "--tracking-uri", store["uri"], "--out", str(tmp_path)]
+        ["--experiment", EXPERIMENT, "--mlflow-uri", store["uri"], "--out", str(tmp_path)]
     )
     assert code == 0
     out = capsys.readouterr().out
@@ -216,6 +226,8 @@ def test_compare_cli(store, tmp_path, capsys):
         "Spearman rank correlation" in out
         and "Mean ± std per dividemix.lambda_u, dividemix.p_threshold (trials that ran" in out
     )
+    assert "(n = 7). Only 7 trials" in out  # a correlation over 7 trials comes with a caveat
+    assert "stopped early (ASHA)" in out and "| outcome" in out
     table = pd.read_parquet(tmp_path / "trials.parquet")
     assert table["trial_id"].iloc[0] == "t5" and len(table) == 7
     assert pd.read_csv(tmp_path / "trials.csv")["trial_id"].iloc[0] == "t5"
@@ -316,8 +328,14 @@ def test_report_is_self_contained_and_well_formed(store, report_dir):
     assert html.startswith("<!DOCTYPE html>") and check.stack == []
     assert check.external == [] and "http://" not in html and "https://" not in html
     assert {"summary", "trials", "groups", "plots", "label-issues"} <= check.ids
-    assert check.images >= 5  # 4 sweep plots + the loss histogram of the best trial
+    assert check.images >= 5 + 20  # 4 sweep plots, the loss histogram, 20 thumbnails
+    assert html.count('class="thumb"') == 20  # the top suspects' digits, read from the data
     assert "t5" in html and "precision@" in html
+    assert "Which class pairs are confused" in html and "<th>given_class</th>" in html
+    assert "<th>pred_class</th>" in html and "<th>truly_wrong</th>" in html
+    assert "Spearman(objective, test), n = 7" in html and "Only 7 trials" in html
+    assert "agree well" not in html  # no verdict from 7 trials
+    assert "1 stopped early (ASHA)" in html and "5 finished" in html
     # plots and the report were logged to the sweep's parent run
     from mlflow import MlflowClient
 
@@ -345,3 +363,24 @@ def test_plots_cli_loss_histogram_from_run_dir(tmp_path):
     (run / "config.json").write_text('{"dividemix.p_threshold": 0.6}')
     assert plots.main(["--run-dir", str(run), "--out", str(tmp_path / "png")]) == 0
     assert _is_png(tmp_path / "png" / "loss_histogram.png")
+
+
+def test_readers_pointed_at_nothing_create_nothing_and_say_where_they_looked(
+    tmp_path, capsys, monkeypatch
+):
+    from dmx.cli import main as dmx_main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert compare_cli.main(["--experiment", EXPERIMENT]) == 2
+    err = capsys.readouterr().err
+    assert f"No MLflow store at sqlite:///{tmp_path}/mlflow.db" in err and "--mlflow-uri" in err
+    missing = tmp_path / "other" / "m.db"
+    assert (
+        report.main(["--experiment", "x", "--tracking-uri", f"sqlite:///{missing}", "--out", "r"])
+        == 2
+    )
+    assert str(missing) in capsys.readouterr().err
+    assert dmx_main(["label-issues", "0123456789abcdef0123456789abcdef"]) == 2
+    assert "No MLflow store" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no mlflow.db, no folders

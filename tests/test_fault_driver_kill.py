@@ -213,7 +213,7 @@ def test_killed_driver_resumes_the_searcher_and_each_trial_from_its_checkpoint(t
     assert sorted(runs) == sorted(d.name.removeprefix("trial_") for d in trial_dirs)
     for run in trial_runs:
         assert run.info.status == "FINISHED"
-        for key in ("val_acc", "test_acc", "phase", "epoch"):
+        for key in ("val_acc", "test_acc", "lr", "noise_rate"):  # epoch, phase: step and tag
             steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
             assert sorted(steps) == list(range(EPOCHS)), (key, steps)
     for name, epochs_done in had.items():

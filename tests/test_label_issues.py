@@ -4,12 +4,13 @@ loader and CLI; and a real seeded noisy digits run."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from dmx.cli.label_issues import add_cli, load_clean_probs, run_label_issues
+from dmx.cli.label_issues import add_cli, format_summary, load_clean_probs, run_label_issues
 from dmx.label_issues import (
     average_precision,
     find_label_issues,
@@ -101,7 +102,7 @@ def test_table_and_summary():
         "rank",
         "index",
         "given_label",
-        "predicted_label",
+        "pred_label",  # the name clean_probs.parquet uses: one name in every file
         "clean_prob_net1",
         "clean_prob_net2",
         "pred_prob_given",
@@ -109,8 +110,9 @@ def test_table_and_summary():
         "flagged",
     ]
     assert table["index"].min() == 1000 and table["index"].is_unique
+    assert table["rank"].tolist() == list(range(1, 101))  # ranks from 1
     assert table["score"].is_monotonic_decreasing
-    assert (table["predicted_label"] == table["true_label"]).all()
+    assert (table["pred_label"] == table["true_label"]).all()
     summary = summarize_ranking(table, top_k=10)
     assert summary["num_wrong"] == flipped.sum()
     assert summary["precision_at_k"] == 1.0 and summary["auc"] == 1.0
@@ -138,7 +140,11 @@ def test_run_dir_loader_and_cli(tmp_path, capsys):
     table, summary, paths = run_label_issues(tmp_path, top_k=5)
     assert len(table) == 5 and table["is_wrong"].all()
     assert paths[0] == tmp_path / "label_issues.parquet" and all(p.is_file() for p in paths)
-    assert pd.read_csv(paths[1])["index"].tolist() == table["index"].tolist()
+    assert paths[2] == tmp_path / "label_issues_pairs.csv"
+    csv = pd.read_csv(paths[1])
+    assert csv["index"].tolist() == table["index"].tolist()
+    assert list(csv.columns) == list(pd.read_parquet(paths[0]).columns)  # same names everywhere
+    assert "given_class" not in table  # no config.json: the dataset (and its names) unknown
 
     parser = argparse.ArgumentParser()
     add_cli(parser.add_subparsers())
@@ -178,3 +184,56 @@ def test_seeded_noisy_digits_run_ranks_flipped_labels_first(tmp_path):
     assert summary["precision_at_num_wrong"] > summary["noise_rate"] + 0.3
     assert precision_at_k(np.arange(len(table)), table["is_wrong"].to_numpy(), k // 2) > 0.9
     assert summary["auc"] > 0.9
+
+
+def test_class_names_beside_indices_and_the_confused_pairs(tmp_path, capsys):
+    """A cifar10 run: class names next to every label index, and the pairs the suspects' given
+    labels are confused with, counted and checked against a count by hand."""
+    import json
+
+    from dmx.data.cifar import CIFAR10_CLASSES
+    from dmx.label_issues import confused_pairs
+
+    given, true, flipped, clean, probs = _synthetic(n=200, num_classes=10, noise=0.3)
+    _write_clean_probs(tmp_path / "clean_probs.parquet", given, true, clean, probs)
+    (tmp_path / "config.json").write_text(
+        json.dumps({"data.dataset": "cifar10", "dividemix.p_threshold": 0.5})
+    )
+    table, summary, paths = run_label_issues(tmp_path)
+    row = table.iloc[0]
+    assert row["given_class"] == CIFAR10_CLASSES[row["given_label"]]
+    assert row["pred_class"] == CIFAR10_CLASSES[row["pred_label"]]
+    assert row["true_class"] == CIFAR10_CLASSES[row["true_label"]]
+    columns = list(table.columns)
+    assert columns.index("given_class") == columns.index("given_label") + 1
+
+    pairs = pd.read_csv(paths[2])
+    expected = confused_pairs(table)
+    assert pairs["count"].tolist() == expected["count"].tolist()
+    assert pairs["count"].is_monotonic_decreasing and pairs["count"].sum() > 0
+    suspects = table[table["flagged"] & (table["pred_label"] != table["given_label"])]
+    assert pairs["count"].sum() == len(suspects)
+    top = pairs.iloc[0]
+    by_hand = suspects[
+        (suspects["given_label"] == top["given_label"])
+        & (suspects["pred_label"] == top["pred_label"])
+    ]
+    assert top["count"] == len(by_hand) and top["truly_wrong"] == by_hand["is_wrong"].sum()
+    assert top["given_class"] == CIFAR10_CLASSES[top["given_label"]]
+    assert summary["pairs"][0]["count"] == top["count"]
+    out = format_summary(summary, paths)
+    assert f"{top['given_class']} ({top['given_label']}) -> " in out
+
+
+def test_outputs_go_next_to_the_run_not_into_ray_checkpoint_folders(tmp_path):
+    from dmx.cli.label_issues import output_stem, run_folder
+
+    trial = tmp_path / "trial_abc_00001"
+    ckpt = trial / "checkpoint_000002"
+    ckpt.mkdir(parents=True)
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    assert run_folder(ckpt) == trial and output_stem(ckpt) == trial / "label_issues"
+    assert run_folder(run_dir / "checkpoints") == run_dir
+    assert output_stem(run_dir) == run_dir / "label_issues"
+    assert output_stem("0123456789abcdef") == Path("label_issues-0123456789ab")

@@ -1,5 +1,5 @@
-"""dmx.sweep: the search-space parser (fast, no Ray) and one real local sweep (3 trials x 3 epochs
-on a tiny CIFAR-format fixture, Ray on 2 CPUs, MLflow in a temporary sqlite store)."""
+"""dmx.sweep: the search-space parser, options, spec, command line, checks before anything starts,
+checkpoint recovery (fast, mostly without Ray). The real local sweep is tests/test_sweep_e2e.py."""
 
 from __future__ import annotations
 
@@ -10,19 +10,15 @@ import multiprocessing
 import time
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 
-import pandas as pd
 import pytest
 from mlflow import MlflowClient
 from ray import tune
 
 from dmx import sweep as dmx_sweep
-from dmx import tracking
 from dmx.cli import main as dmx_main
 from dmx.presets import get_preset
 from dmx.state import CheckpointError
-from tests.fixtures import write_cifar_fixture
 
 BASE = get_preset("cifar10-asym-0.4")
 
@@ -99,6 +95,42 @@ def test_asha_clock_starts_after_warmup():
     assert [dmx_sweep.dm_epoch(e, 0) for e in range(2)] == [1, 2]
 
 
+def test_the_search_space_reaches_optuna_unchanged_and_shows_in_rays_live_table():
+    """The searched dimensions go to Tune as its param_space (Ray's live table lists the
+    searched params from it) and OptunaSearch turns them back into the same distributions."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from dmx.sweep.driver import tune_domain
+    from dmx.sweep.trial import LIVE_TABLE_METRICS
+
+    space = dmx_sweep.build_search_space(
+        BASE, ("optim.batch_size=32,64,128", "dividemix.alpha=0.5:8:log", "run.seed=0:4")
+    )
+    param_space = {key: tune_domain(dim) for key, dim in space.items()}
+    converted = OptunaSearch.convert_search_space(param_space)
+    assert converted == {key: dim.distribution() for key, dim in space.items()}
+    assert list(param_space) == list(space)  # the table's parameter columns, in order
+    assert LIVE_TABLE_METRICS[0] == dmx_sweep.METRIC  # the objective is the first metric shown
+
+
+def test_the_parent_runs_params_define_the_sweep():
+    from dmx.sweep.driver import sweep_definition
+
+    base = BASE.with_overrides({"data.val_fraction": 0.05}).resolved()
+    options = dmx_sweep.SweepOptions(name="d", search=("dividemix.alpha=0.5:8:log",), seed=3)
+    spec = dmx_sweep.SweepSpec(options=options, base_config=base.to_flat())
+    definition = sweep_definition(spec)
+    assert definition["sweep.search.dividemix.alpha"] == "0.5:8:log"
+    assert (
+        definition["sweep.preset"] == "cifar10-asym-0.4" and definition["sweep.num_samples"] == 20
+    )
+    assert (
+        "seed 3" in definition["sweep.searcher"]
+        and "grace period 16" in definition["sweep.scheduler"]
+    )
+    assert not any(k.startswith(("dividemix.", "run.", "optim.")) for k in definition)
+
+
 def test_best_trial_skips_failed_and_non_finite_trials():
     from types import SimpleNamespace as R
 
@@ -129,121 +161,6 @@ def tiny_config(root: Path):
             "data.val_fraction": 0.05,  # the sweep's objective (dmx train's default is 0)
         }
     )
-
-
-@pytest.fixture()
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.mark.slow
-def test_sweep_end_to_end(tmp_path, local_ray):
-    root = write_cifar_fixture(tmp_path / "data", n_train=300, n_test=100)
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = dmx_sweep.run_sweep(
-        tiny_config(root),
-        dmx_sweep.SweepOptions(
-            name="tiny",
-            storage_path=tmp_path / "results",
-            num_samples=3,
-            max_concurrent=2,
-            cpus_per_trial=1,
-            grace_period=1,
-            seed=7,
-        ),
-        mlflow_uri=uri,
-        verbose=0,
-    )
-    assert not result.interrupted and result.num_trials == 3 and result.num_errors == 0
-    # Optuna's suggestions lie inside the ranges; the paper's setting came first.
-    space = dmx_sweep.build_search_space(BASE)
-    configs = [r.config for r in result.result_grid]
-    for config in configs:
-        for key, dim in space.items():
-            assert dim.contains(config[key]), (key, config[key])
-    assert {"dividemix.lambda_u": 0.0, "dividemix.T": 0.5, "dividemix.p_threshold": 0.5} in configs
-    # A best result, chosen on val_acc, reported with its params and checkpoint.
-    assert set(result.best_params) == set(space)
-    assert 0.0 <= result.best_metrics["val_acc"] <= 100.0 and "test_acc" in result.best_metrics
-    assert Path(result.best_checkpoint, "ckpt-0003.pt").is_file() or result.best_checkpoint
-
-    # Checkpoints on disk: at most run.keep_checkpoints (2) per trial, each a verified TrainState.
-    from dmx.state import load_latest_checkpoint
-
-    trial_dirs = sorted((tmp_path / "results" / "tiny").glob("trial_*"))
-    assert len(trial_dirs) == 3
-    for trial_dir in trial_dirs:
-        ckpts = sorted(trial_dir.glob("checkpoint_*"))
-        assert 1 <= len(ckpts) <= 2
-        state = load_latest_checkpoint(ckpts[-1])
-        assert state is not None and state.mlflow_run_id and state.epoch >= 2
-
-    # MLflow: one experiment, a parent run and three nested trial runs with per-epoch metrics.
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("tiny")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "sweep"]
-    children = [r for r in runs if r.data.tags.get(tracking.ROLE_TAG) == "trial"]
-    assert len(parents) == 1 and len(children) == 3
-    assert parents[0].info.status == "FINISHED"
-    assert "best_trial_val_acc" in parents[0].data.metrics
-    ids = {r.data.tags[tracking.TRIAL_TAG] for r in children}
-    assert ids == {r.metrics["trial_id"] for r in result.result_grid}
-    for run in children:
-        assert run.data.tags[tracking.PARENT_TAG] == parents[0].info.run_id
-        assert run.info.status == "FINISHED"
-        assert run.data.tags["dmx.preset"] == "cifar10-asym-0.4" and run.data.tags["dmx.node"]
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")]
-        assert steps == list(range(len(steps))) and len(steps) >= 2  # pruned trials stop early
-        assert client.get_metric_history(run.info.run_id, "phase")[0].value == 0.0
-        assert float(run.data.params["run.epochs"]) == 3
-        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"config.json", "noisy_labels.parquet"} <= artifacts
-        # Every trial has its per-sample report: logged by the trial at its end, or, when ASHA
-        # stopped it, computed by the driver from its last checkpoint.
-        assert "clean_probs.parquet" in artifacts
-        stopped = run.data.tags["dmx.stopped_early"] == "true"
-        assert stopped == (len(steps) < 3) == ("dmx.clean_probs_from" in run.data.tags)
-    # Every trial trained on the one noisy-label file made by the driver.
-    assert len({r.data.params["noise.label_file"] for r in children}) == 1
-
-    # A trial stopped by ASHA: Tune ends its process at a report, so the driver's callback computes
-    # its per-sample report from its last checkpoint in a Ray task and logs it to the ended run.
-    # Played here on a finished trial (ASHA's choices depend on timing): the file the driver logs
-    # must equal the one the trial logged for the same final state.
-    finished = next(r for r in children if r.data.tags["dmx.stopped_early"] == "false")
-    trial_id = finished.data.tags[tracking.TRIAL_TAG]
-    own = pd.read_parquet(
-        client.download_artifacts(finished.info.run_id, "clean_probs.parquet", str(tmp_path / "a"))
-    )
-    ckpt = sorted((tmp_path / "results" / "tiny" / f"trial_{trial_id}").glob("checkpoint_*"))[-1]
-    callback = dmx_sweep.MlflowStatusCallback(uri, exp.experiment_id, epochs=4)  # "stopped" at 3
-    callback.on_trial_complete(
-        0,
-        [],
-        SimpleNamespace(
-            trial_id=trial_id,
-            last_result={"epoch": 2},
-            checkpoint=tune.Checkpoint.from_directory(ckpt),
-        ),
-    )
-    callback.on_experiment_end([])
-    run = client.get_run(finished.info.run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["dmx.stopped_early"] == "true"
-    assert run.data.tags["dmx.clean_probs_from"] == f"last checkpoint ({ckpt.name})"
-    logged = pd.read_parquet(
-        client.download_artifacts(finished.info.run_id, "clean_probs.parquet", str(tmp_path / "b"))
-    )
-    assert logged.equals(own) and len(own) == 300 - 15
-
-    # By hand: `dmx label-issues` on a trial's checkpoint folder computes the same file first
-    # (here on 2 threads instead of the trial's 1: equal up to float summation order).
-    assert dmx_main(["label-issues", str(ckpt), "--top", "3"]) == 0
-    pd.testing.assert_frame_equal(pd.read_parquet(ckpt / "clean_probs.parquet"), own, rtol=1e-4)
 
 
 # ---- the sweep command line -------------------------------------------------------------------
@@ -659,3 +576,42 @@ def test_a_sweep_folder_without_tune_state_starts_cleanly_or_is_refused(tmp_path
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_a_sweep_says_where_everything_goes(tmp_path):
+    from dmx.cli.sweep import print_result, print_start
+
+    out = io.StringIO()
+    print_start("s1", str(tmp_path), f"sqlite:///{tmp_path}/m.db", out=out)
+    first = out.getvalue().splitlines()
+    assert first[0] == "dmx sweep: starting 's1'" and str(tmp_path / "s1") in first[1]
+    assert f"sqlite:///{tmp_path}/m.db" in first[2]
+    out = io.StringIO()
+    print_start("s1", str(tmp_path), False, out=out)  # --no-mlflow: no store named
+    assert "MLflow" not in out.getvalue()
+
+    result = dmx_sweep.SweepResult(
+        path=f"{tmp_path}/s1",
+        tracking_uri=f"sqlite:///{tmp_path}/m.db",
+        experiment="s1",
+        num_trials=3,
+        num_errors=0,
+        best_trial_id="a_00001",
+        best_params={"dividemix.T": 0.5},
+        best_metrics={"val_acc": 60.0},
+        best_checkpoint="c",
+        interrupted=False,
+        experiment_id="4",
+        best_run_id="r1",
+        optuna_storage=f"sqlite:///{tmp_path}/s1/optuna.db",
+        model_uri="models:/m-1",
+    )
+    out = io.StringIO()
+    print_result(result, out=out)
+    text = out.getvalue()
+    assert (
+        "compare trials at:   http://127.0.0.1:5000/#/experiments/4/runs?"
+        "workflowType=machine_learning&viewStateShareKey=dmx-sweep"
+    ) in text
+    assert f"optuna-dashboard sqlite:///{tmp_path}/s1/optuna.db" in text
+    assert "MLflow run: r1" in text and "model:      models:/m-1" in text

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -10,6 +14,7 @@ from mlflow import MlflowClient
 
 from dmx import tracking
 from dmx.config import Config
+from dmx.tracking import ui
 
 
 @pytest.fixture()
@@ -50,9 +55,19 @@ def test_params_are_strings_within_mlflow_limits():
 
 def test_trial_run_is_resumed_without_duplicate_steps(uri):
     flat = Config().to_flat()
-    parent = tracking.start_sweep_run(uri, "sweep-x", sweep_name="sweep-x", base_config=flat)
-    again = tracking.start_sweep_run(uri, "sweep-x", sweep_name="sweep-x", base_config=flat)
+    definition = {"sweep.search.dividemix.lambda_u": "0:150", "sweep.num_samples": 3}
+    parent = tracking.start_sweep_run(
+        uri, "sweep-x", sweep_name="sweep-x", definition=definition, base_config=flat
+    )
+    again = tracking.start_sweep_run(
+        uri, "sweep-x", sweep_name="sweep-x", definition=definition, base_config=flat
+    )
     assert again.run_id == parent.run_id
+    # The parent holds the sweep's definition, not a trial's config (that is an artifact).
+    parent_run = MlflowClient(uri).get_run(parent.run_id)
+    assert parent_run.data.params == {k: str(v) for k, v in definition.items()}
+    artifacts = {a.path for a in MlflowClient(uri).list_artifacts(parent.run_id)}
+    assert tracking.BASE_CONFIG_FILE in artifacts
 
     first = tracking.start_trial_run(
         uri, parent.experiment_id, trial_id="t_00000", parent_run_id=parent.run_id, flat_config=flat
@@ -100,10 +115,23 @@ def test_sqlite_artifacts_live_next_to_the_database(uri, tmp_path, monkeypatch):
     assert client.get_experiment(exp_id).artifact_location == (tmp_path / "mlartifacts").as_uri()
 
 
-def _fake_data():
-    """What MlflowReporter.start reads of PreparedData: the noisy labels' parquet copy."""
+def _fake_data(tmp_path=None):
+    """What MlflowReporter.start reads of PreparedData: the noisy labels (their file for the
+    dataset input, their parquet copy for a standalone run)."""
+    import numpy as np
+
+    folder = Path(tmp_path or tempfile.mkdtemp())
+    labels = folder / "cifar10-asym-0.4-seed0-abcd1234.parquet"
+    labels.write_bytes(b"PAR1")
     return SimpleNamespace(
-        noisy=SimpleNamespace(save_parquet=lambda dest: dest.write_bytes(b"PAR1"))
+        noisy=SimpleNamespace(
+            path=labels,
+            sha256="ab" * 32,
+            noisy_labels=np.zeros(50, dtype=np.int64),
+            params={"mode": "asym", "rate": 0.4, "seed": 0, "num_classes": 10},
+            realised_rate=0.2,
+            save_parquet=lambda dest: dest.write_bytes(b"PAR1"),
+        )
     )
 
 
@@ -226,3 +254,144 @@ def test_a_ctrl_c_during_a_store_write_lands_after_it():
         assert retry(lambda: 2) == 2  # and nothing pending afterwards
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+# ---- what the MLflow UI shows ------------------------------------------------------------------
+def test_mlflow_metrics_drop_epoch_and_phase_round_and_put_the_objective_first():
+    loop = {
+        "epoch": 3.0,
+        "lr": 0.0200000001,
+        "noise_rate": 20.123456,
+        "phase": 1.0,
+        "labeled_net1": 4123.0,
+        "auc_net1": 0.5389238394711238,
+        "precision_net1": 91.23456,
+        "lx_net1": 0.123456789,
+        "test_acc": 28.000000000000004,
+        "val_acc": 30.333333333,
+        "epoch_seconds": 12.3456,
+        "images_per_second": 1234.567,
+        "auc_net2": float("nan"),
+    }
+    logged = ui.mlflow_metrics(loop)
+    assert "epoch" not in logged and "phase" not in logged
+    assert list(logged)[:2] == ["val_acc", "test_acc"]  # the objective first
+    assert logged["test_acc"] == 28.0 and logged["val_acc"] == 30.33
+    assert logged["auc_net1"] == 0.5389 and logged["precision_net1"] == 91.23
+    assert logged["noise_rate"] == 20.12 and logged["labeled_net1"] == 4123.0
+    assert logged["lx_net1"] == 0.1235 and logged["lr"] == 0.02
+    assert logged["epoch_seconds"] == 12.35 and logged["images_per_second"] == 1234.6
+    assert logged["auc_net2"] != logged["auc_net2"]  # NaN stays NaN (warmup epochs)
+    assert ui.phase_name(loop) == "dividemix" and ui.phase_name({"phase": 0.0}) == "warmup"
+
+
+def test_trial_runs_are_named_by_what_differs():
+    params = {
+        "dividemix.lambda_u": 25.0,
+        "dividemix.T": 0.5,
+        "dividemix.p_threshold": 0.5,
+        "run.seed": 3,
+        "dividemix.alpha": 4.0,
+    }
+    searched = ("dividemix.lambda_u", "dividemix.T", "dividemix.p_threshold")
+    assert ui.trial_run_name(params, searched) == "λu=25 T=0.5 p=0.5"
+    assert ui.trial_run_name({**params, "dividemix.lambda_u": 12.71234}, searched).startswith(
+        "λu=12.7 "
+    )
+    assert ui.trial_run_name(params, (*searched, "run.seed")).endswith(" seed=3")
+    assert ui.trial_run_name(params, ()) == ""
+
+
+def test_the_saved_view_is_what_the_mlflow_ui_reads():
+    state = ui.view_state(
+        searched=("dividemix.lambda_u", "dividemix.T"),
+        metrics=ui.CHART_METRICS,
+        parent_run_id="p123",
+    )
+    key, value = ui.saved_view("dmx sweep", state, created_ms=1_700_000_000_000)
+    assert key == "mlflow.sharedViewState.dmx-sweep"
+    envelope = json.loads(value)  # MLflow's envelope: name, createdAt (number), state (string)
+    assert envelope["name"] == "dmx sweep" and envelope["createdAt"] == 1_700_000_000_000
+    assert isinstance(envelope["state"], str) and len(value) < 20_000  # MLflow's size limit
+    decoded = json.loads(envelope["state"])
+    assert decoded["orderByKey"] == "metrics.`val_acc`" and decoded["orderByAsc"] is False
+    assert decoded["selectedColumns"][:4] == [
+        "metrics.`val_acc`",
+        "metrics.`test_acc`",
+        "params.`dividemix.lambda_u`",
+        "params.`dividemix.T`",
+    ]
+    assert decoded["runsExpanded"] == {"p123": True}  # the trials listed under the parent
+    charts = decoded["compareRunCharts"]
+    assert charts[0]["type"] == "PARALLEL" and charts[0]["selectedMetrics"] == ["val_acc"]
+    assert charts[1]["type"] == "LINE" and charts[1]["metricKey"] == "val_acc"
+    url = ui.experiment_url("http://127.0.0.1:5000/", "7")
+    assert url == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+        "&viewStateShareKey=dmx-sweep"
+    )
+
+
+def test_a_trial_reporter_references_the_labels_and_logs_the_phase_as_a_tag(uri, tmp_path):
+    exp = tracking.get_or_create_experiment(MlflowClient(uri), "refs", uri)
+    logger = tracking.start_trial_run(
+        uri, exp, trial_id="t1", parent_run_id="p", flat_config={"a": 1}, run_name="λu=25"
+    )
+    reporter = tracking.MlflowReporter(logger, copy_labels=False, system_metrics=False)
+    state = SimpleNamespace(mlflow_run_id="", epoch=0, metrics_history=[])
+    data = _fake_data(tmp_path)
+    reporter.start(Config(), data, state)
+    reporter.epoch_end(0, {"epoch": 0.0, "lr": 0.02, "phase": 0.0, "val_acc": 10.0}, state)
+    reporter.start(Config(), data, state)  # a retry: the input is not logged twice
+    reporter.finish()
+    client = MlflowClient(uri)
+    run = client.get_run(logger.run_id)
+    assert run.info.run_name == "λu=25"
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"config.json"}  # no copy
+    inputs = run.inputs.dataset_inputs
+    assert len(inputs) == 1
+    dataset = inputs[0].dataset
+    assert dataset.digest == "ab" * 8 and dataset.source_type == "local"
+    assert json.loads(dataset.source)["uri"] == data.noisy.path.resolve().as_uri()
+    assert json.loads(dataset.profile)["noise_rate_percent"] == 20.0
+    assert inputs[0].tags[0].key == "mlflow.data.context"
+    assert "epoch" not in run.data.metrics and "phase" not in run.data.metrics
+    assert run.data.tags[tracking.PHASE_TAG] == "warmup"
+
+
+def test_system_metrics_are_logged_for_a_run_written_by_id(uri, monkeypatch):
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    exp = tracking.get_or_create_experiment(MlflowClient(uri), "sys", uri)
+    logger = tracking.start_trial_run(uri, exp, trial_id="t", parent_run_id="p", flat_config={})
+    system = tracking.SystemMetrics(uri, logger.run_id)
+    assert system.start()
+    deadline = time.time() + 20
+    client = MlflowClient(uri)
+    while time.time() < deadline:
+        keys = set(client.get_run(logger.run_id).data.metrics)
+        if any(k.startswith("system/cpu") for k in keys):
+            break
+        time.sleep(0.2)
+    system.stop()
+    logger.finish()
+    keys = set(client.get_run(logger.run_id).data.metrics)
+    assert (
+        "system/cpu_utilization_percentage" in keys
+        and "system/system_memory_usage_megabytes" in keys
+    )
+    monkeypatch.setenv("DMX_SYSTEM_METRICS", "0")
+    assert not tracking.SystemMetrics(uri, logger.run_id).start()
+
+
+def test_readers_never_create_a_store(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as err:
+        tracking.read_client(None)
+    message = str(err.value)
+    assert str(tmp_path / "mlflow.db") in message and "--mlflow-uri" in message
+    assert "the default" in message
+    with pytest.raises(FileNotFoundError, match="MLFLOW_TRACKING_URI"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/elsewhere.db")
+        tracking.download_artifact("0" * 32, "clean_probs.parquet")
+    assert not list(tmp_path.iterdir())  # nothing was created

@@ -9,8 +9,24 @@ import sys
 from dmx.cli import info, label_issues, predict, sweep, train
 
 
+def version() -> str:
+    """The installed dmx version (the package's metadata; the source's when not installed)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("dmx")
+    except PackageNotFoundError:
+        from dmx import __version__
+
+        return __version__
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dmx", description=__doc__)
+    parser.add_argument(
+        "--version", action="version", version=f"dmx {version()}", help="print dmx's version"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     train.add_arguments(sub.add_parser("train", help="train DivideMix on one machine (resumable)"))
     info.add_parsers(sub)
@@ -38,4 +54,4 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["main", "make_parser"]
+__all__ = ["main", "make_parser", "version"]

@@ -10,13 +10,67 @@ from dmx.cli.common import parse_sets
 from dmx.config import Config, field_docs
 
 
+def preset_notes(cfg: Config) -> list[str]:
+    """What sets a preset apart from the CIFAR-10 reference recipe, in words (from its resolved
+    config, so the "auto" rules show as what they give)."""
+    r, notes = cfg.resolved(), []
+    if r.dividemix.warmup_epochs != 10:
+        notes.append(f"{r.dividemix.warmup_epochs} warmup epochs")
+    if r.dividemix.warmup_confidence_penalty:
+        notes.append("confidence penalty in warmup")
+    if r.dividemix.loss_history_window > 1:
+        notes.append(f"loss averaged over the last {r.dividemix.loss_history_window} epochs")
+    if r.data.dataset == "digits":
+        notes.append(f"8x8 digits, {r.model.name}: a one-minute CPU run, not a paper setting")
+    elif r.model.name != "preact_resnet18":
+        notes.append(f"model {r.model.name}")
+    return notes
+
+
+def preset_rows() -> list[dict[str, str]]:
+    """One row per preset: what `dmx presets` prints and the README's preset table shows."""
+    from dmx.paper import paper_result
+    from dmx.presets import PRESETS, get_preset
+
+    rows = []
+    for name in PRESETS:
+        cfg = get_preset(name)
+        paper = paper_result(name)
+        rows.append(
+            {
+                "preset": name,
+                "noise": f"{cfg.noise.rate:.0%} {cfg.noise.mode}",
+                "λu": f"{cfg.dividemix.lambda_u:g}",
+                "p_threshold": f"{cfg.dividemix.p_threshold:g}",
+                "paper (test acc %)": paper.summary() if paper else "—",
+                "notes": "; ".join(preset_notes(cfg)),
+                "source": paper.source if paper else "",
+            }
+        )
+    return rows
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
+    """The presets with their settings, notes and the paper's numbers (dmx.paper); --verbose
+    adds every override each preset sets."""
     from dmx.presets import PRESETS
 
-    for name, overrides in PRESETS.items():
-        print(name)
-        for key, value in overrides.items():
-            print(f"    {key} = {value}")
+    rows = preset_rows()
+    columns = [c for c in rows[0] if c != "source"]
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns).rstrip())
+        if args.verbose:
+            if row["source"]:
+                print(f"    paper: {row['source']}")
+            for key, value in PRESETS[row["preset"]].items():
+                print(f"    {key} = {value}")
+    print(
+        "\nPaper: Li, Socher, Hoi, ICLR 2020 (DivideMix), test accuracy in %: best over epochs /"
+        " mean of the last 10 (Tables 1-2). `dmx presets --verbose` shows each preset's "
+        "settings and table row; `dmx config --preset NAME` its whole config."
+    )
     return 0
 
 
@@ -47,7 +101,13 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: Any) -> None:
     """Register presets, models and config on an argparse subparsers object."""
-    sub.add_parser("presets", help="list the paper presets").set_defaults(func=cmd_presets)
+    presets = sub.add_parser(
+        "presets", help="the paper presets: settings, notes and the paper's test accuracy"
+    )
+    presets.add_argument(
+        "--verbose", action="store_true", help="also every override of each preset and its table"
+    )
+    presets.set_defaults(func=cmd_presets)
     sub.add_parser("models", help="list the registered models").set_defaults(func=cmd_models)
     c = sub.add_parser(
         "config", help="print the resolved config of a preset (auto fields with their source)"
@@ -64,4 +124,4 @@ def add_parsers(sub: Any) -> None:
     c.set_defaults(func=cmd_config)
 
 
-__all__ = ["add_parsers", "cmd_config", "cmd_models", "cmd_presets"]
+__all__ = ["add_parsers", "cmd_config", "cmd_models", "cmd_presets", "preset_notes", "preset_rows"]

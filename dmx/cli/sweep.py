@@ -17,10 +17,16 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
-from dmx.cli.common import add_config_flags, add_mlflow_flags, flag_overrides, parse_sets
+from dmx.cli.common import (
+    add_config_flags,
+    add_data_flags,
+    add_mlflow_flags,
+    data_overrides,
+    flag_overrides,
+    parse_sets,
+)
 from dmx.config import Config, ConfigError
 from dmx.presets import get_preset
 
@@ -53,12 +59,7 @@ def add_arguments(p: argparse.ArgumentParser, *, preset: str | None = None) -> N
     g = p.add_argument_group("trials")
     g.add_argument("--num-samples", type=int, default=None, help="trials to run (default 20)")
     add_config_flags(g)
-    g.add_argument(
-        "--data-dir",
-        help="dataset folder; by default ./data, downloading if missing. "
-        "On a cluster: a path every node mounts",
-    )
-    g.add_argument("--download", action="store_true", help="download the dataset when missing")
+    add_data_flags(g)
     g.add_argument(
         "--seed",
         type=int,
@@ -121,6 +122,13 @@ def add_arguments(p: argparse.ArgumentParser, *, preset: str | None = None) -> N
         help="retries of a failed trial from its last checkpoint",
     )
     add_mlflow_flags(r)
+    r.add_argument(
+        "--register-model",
+        metavar="NAME",
+        default="",
+        help="register the best trial's ensemble (always logged as an MLflow model) under NAME "
+        "in the MLflow Model Registry",
+    )
     p.add_argument(
         "--smoke-test",
         action="store_true",
@@ -136,10 +144,7 @@ def base_config(args: argparse.Namespace) -> Config:
     overrides: dict[str, Any] = {"data.val_fraction": SWEEP_VAL_FRACTION}
     if args.smoke_test:
         overrides.update(SMOKE_OVERRIDES)
-    data_dir = args.data_dir or "data"
-    overrides["data.root"] = str(Path(data_dir).expanduser().resolve())
-    # Without --data-dir the sweep fetches the dataset itself: a first sweep just works.
-    overrides["data.download"] = bool(args.download or args.data_dir is None)
+    overrides.update(data_overrides(args))  # the rule `dmx train` follows too
     overrides.update(flag_overrides(args))
     overrides.update(parse_sets(args.set))
     return cfg.with_overrides(overrides)
@@ -159,6 +164,7 @@ def sweep_options(args: argparse.Namespace, name: str) -> Any:
         default_search=not args.no_default_search,
         max_failures=args.max_failures,
         seed=args.seed if args.seed is not None else 0,
+        register_model=args.register_model,
         **{flag: value for flag, value in given.items() if value is not None},
     )
 
@@ -174,15 +180,28 @@ def print_result(result: Any, *, out: TextIO | None = None) -> None:
     )
     print(f"results (Ray Tune):  {result.path}", file=out)
     if result.tracking_uri:
+        from dmx.tracking import ui
+
         print(
             f"MLflow store:        {result.tracking_uri}  (experiment {result.experiment!r})",
             file=out,
         )
-        if result.tracking_uri.startswith("sqlite:"):
+        base = result.tracking_uri
+        if not base.startswith(("http://", "https://")):
             print(
                 f"open it with:        mlflow ui --backend-store-uri {result.tracking_uri}",
                 file=out,
             )
+            base = "http://127.0.0.1:5000"
+        if result.experiment_id:
+            # The link opens the "Model training" view with dmx's saved view of the runs page.
+            print(f"compare trials at:   {ui.experiment_url(base, result.experiment_id)}", file=out)
+    if result.optuna_storage:
+        print(
+            f"Optuna study:        {result.optuna_storage}  (study {result.experiment or ''!r}; "
+            f"optuna-dashboard {result.optuna_storage})",
+            file=out,
+        )
     print(f"trials: {result.num_trials}, errored: {result.num_errors}", file=out)
     if result.best_params:
         print(f"best trial {result.best_trial_id}:", file=out)
@@ -193,6 +212,10 @@ def print_result(result: Any, *, out: TextIO | None = None) -> None:
             file=out,
         )
         print(f"  checkpoint: {result.best_checkpoint}", file=out)
+        if result.best_run_id:
+            print(f"  MLflow run: {result.best_run_id}", file=out)
+        if result.model_uri:
+            print(f"  model:      {result.model_uri}", file=out)
     elif result.num_errors:
         print(
             f"no trial reported val_acc ({result.num_errors} errored: see the errors above)",
@@ -202,6 +225,27 @@ def print_result(result: Any, *, out: TextIO | None = None) -> None:
         print("no trial reported val_acc before the sweep was interrupted", file=out)
     else:
         print("no trial reported val_acc", file=out)
+
+
+def print_start(
+    name: str,
+    storage: str,
+    mlflow_uri: str | bool | None,
+    *,
+    resume: bool = False,
+    out: TextIO | None = None,
+) -> None:
+    """The first lines a sweep prints: where everything of this sweep goes (docs/sweeps.md,
+    "Files"). `mlflow_uri` False: the sweep is not tracked, no store is printed."""
+    from dmx.tracking import resolve_tracking_uri
+
+    out = out or sys.stdout  # beside the summary; stderr carries only errors and Ray's logs
+    what = "resuming" if resume else "starting"
+    print(f"dmx sweep: {what} {name!r}", file=out)
+    print(f"  results, checkpoints, Optuna study: {storage}/{name}", file=out)
+    if mlflow_uri is not False:
+        uri = resolve_tracking_uri(mlflow_uri) if not resume or mlflow_uri else "(as stored)"
+        print(f"  MLflow store: {uri}  (experiment {name!r})", file=out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -219,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
                     "--resume needs --name: the sweep's folder under --storage-path "
                     f"({storage}) holds one folder per sweep."
                 )
+            print_start(args.name, storage, args.mlflow_uri, resume=True)
             result = resume_sweep(
                 f"{storage}/{args.name}",
                 address=args.address,
@@ -237,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
                 or f"{args.preset}{'-smoke' if args.smoke_test else ''}-"
                 + time.strftime("%Y%m%d-%H%M%S")
             )
+            print_start(name, storage, False if args.no_mlflow else args.mlflow_uri)
             result = run_sweep(
                 cfg,
                 sweep_options(args, name),
@@ -276,6 +322,7 @@ __all__ = [
     "base_config",
     "main",
     "print_result",
+    "print_start",
     "run",
     "sweep_options",
 ]

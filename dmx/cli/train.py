@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dmx.cli.common import add_config_flags, add_mlflow_flags, flag_overrides, parse_sets
+from dmx.cli.common import (
+    DEFAULT_DATA_DIR,
+    add_config_flags,
+    add_data_flags,
+    add_mlflow_flags,
+    data_overrides,
+    flag_overrides,
+    parse_sets,
+)
 from dmx.config import Config, ConfigError
 from dmx.reporting import Reporter
 
@@ -43,7 +51,7 @@ class StartLine(Reporter):
         if state.epoch:
             text += f", resuming after epoch {state.epoch}"
         if self.tracker is not None:
-            text += f", MLflow run {self.tracker.run_id}"
+            text += f", MLflow run {self.tracker.run_id} in {self.tracker.uri}"
         print(text, file=sys.stderr)
 
 
@@ -113,11 +121,9 @@ def build_config(args: argparse.Namespace, base: Config | None = None) -> Config
         cfg = base
     else:
         cfg = Config()
-    shortcuts: dict[str, Any] = {}
-    if args.data_dir:
-        shortcuts["data.root"] = str(Path(args.data_dir).expanduser().resolve())
-    if args.download:
-        shortcuts["data.download"] = True
+    # The sweep's rule: --data-dir else ./data, download only with --download; a resumed run
+    # without --data-dir keeps its own folder.
+    shortcuts = data_overrides(args, default_root=None if base is not None else DEFAULT_DATA_DIR)
     shortcuts.update(flag_overrides(args))
     return cfg.with_overrides({**shortcuts, **parse_sets(args.set)})
 
@@ -284,8 +290,7 @@ def _end_quietly(tracker: Any, exc: BaseException) -> None:
 def add_arguments(t: argparse.ArgumentParser) -> None:
     """The `dmx train` flags; the handler is `cmd_train`."""
     t.add_argument("--preset", help="a paper setting (see `dmx presets`)")
-    t.add_argument("--data-dir", help="dataset folder (holding e.g. cifar-10-batches-py)")
-    t.add_argument("--download", action="store_true", help="download the dataset if missing")
+    add_data_flags(t)
     add_config_flags(t)
     t.add_argument("--seed", type=int, help="run.seed: model init, augmentation, GMM seeds")
     t.add_argument("--device", help="auto, cpu, cuda, cuda:N")

@@ -9,6 +9,8 @@ A sweep = a base config (a preset with overrides) + a search space (`dmx.sweep.s
    `time_attr="dm_epoch"`: epochs counted from the end of warmup, because lambda_u, T and
    p_threshold have no effect during warmup.
 Each trial is `dmx.sweep.trial.train_trial`; the TPE sampler is seeded by the sweep's `seed`.
+The Optuna study lives in an RDB storage (default `sqlite:///STORAGE/NAME/optuna.db`, study name =
+sweep name), so `optuna.load_study` and `optuna-dashboard` read a running or finished sweep.
 Everything a sweep was started with is stored beside Tune's state (`dmx_sweep.json`), so that
 `resume_sweep(path)` continues a sweep whose driver was killed.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import uuid
 import warnings
 from collections.abc import Iterable
@@ -35,8 +38,9 @@ from dmx.prepare import prepare_noisy_labels
 from dmx.sweep.callbacks import MlflowStatusCallback
 from dmx.sweep.checks import check_storage, check_validation_split, ray_session
 from dmx.sweep.lock import SweepLock
-from dmx.sweep.space import build_search_space, preset_point
+from dmx.sweep.space import Dimension, build_search_space, preset_point
 from dmx.sweep.spec import (
+    OPTUNA_FILE,
     SPEC_FILE,
     SweepError,
     SweepOptions,
@@ -48,6 +52,7 @@ from dmx.sweep.spec import (
     write_spec,
 )
 from dmx.sweep.trial import TIME_ATTR, TrialContext, train_trial
+from dmx.tracking import ui
 
 METRIC = "val_acc"  # noisy-validation accuracy: the objective. test_acc is logged, never used.
 MODE = "max"
@@ -69,6 +74,13 @@ class SweepResult:
     best_metrics: dict[str, float]
     best_checkpoint: str
     interrupted: bool
+    experiment_id: str = ""
+    best_run_id: str = ""
+    """The MLflow run of the best trial."""
+    optuna_storage: str = ""
+    """The Optuna study's storage URL (study name = sweep name); "" when it is in memory."""
+    model_uri: str = ""
+    """The best trial's ensemble in MLflow (models:/...), "" when it could not be logged."""
     result_grid: Any = None
 
     def summary(self) -> dict[str, Any]:
@@ -80,6 +92,68 @@ class SweepResult:
 def trial_dirname(trial: Any) -> str:
     """Short trial folder names (Tune's default puts every param in the name)."""
     return f"trial_{trial.trial_id}"
+
+
+def searched_keys(spec: SweepSpec) -> tuple[str, ...]:
+    """The searched config keys of a sweep, in the order of its stored space."""
+    return tuple(s.partition("=")[0] for s in spec.options.search)
+
+
+def optuna_storage_url(spec: SweepSpec) -> str:
+    """Where the sweep's Optuna study lives: the option when given, else an sqlite file in the
+    sweep folder (a local or shared path), else "" (a URI storage such as s3:// cannot hold
+    sqlite: the study is then in memory and inside Tune's searcher state only)."""
+    if spec.options.optuna_storage:
+        return spec.options.optuna_storage
+    if "://" in spec.path:
+        return ""
+    return f"sqlite:///{spec.path}/{OPTUNA_FILE}"
+
+
+def tune_domain(dim: Dimension) -> Any:
+    """A searched dimension as a Tune search-space domain (OptunaSearch turns it back into the
+    same Optuna distribution). Given as the Tuner's `param_space`, which also makes Ray's live
+    table show the searched params as columns."""
+    if dim.choices:
+        return tune.choice(list(dim.choices))
+    if dim.integer:  # Tune's integer upper bound is exclusive, Optuna's inclusive
+        make = tune.lograndint if dim.log else tune.randint
+        return make(int(dim.low), int(dim.high) + 1)
+    return (tune.loguniform if dim.log else tune.uniform)(float(dim.low), float(dim.high))
+
+
+def describe_scheduler(base: Config, grace_period: int) -> str:
+    """What stops trials early, in words (the parent run's `sweep.scheduler` param)."""
+    last_rung = base.run.epochs - base.dividemix.warmup_epochs - 1
+    if grace_period > last_rung:
+        return f"none (FIFO): the grace period {grace_period} reaches the last epoch"
+    return (
+        f"ASHA on {METRIC} ({MODE}), clock {TIME_ATTR} (DivideMix epochs after warmup), "
+        f"grace period {grace_period}, reduction factor {REDUCTION_FACTOR}, max_t {last_rung}"
+    )
+
+
+def sweep_definition(spec: SweepSpec) -> dict[str, Any]:
+    """The parent run's params: what the sweep IS (not what one trial ran)."""
+    opts, base = spec.options, Config.from_flat(spec.base_config)
+    out: dict[str, Any] = {
+        "sweep.preset": base.preset,
+        "sweep.objective": f"{METRIC} ({MODE})",
+        "sweep.searcher": f"Optuna TPE (seed {opts.seed}), the preset's point first",
+        "sweep.scheduler": describe_scheduler(base, opts.grace_period),
+        "sweep.num_samples": opts.num_samples,
+        "sweep.max_concurrent": opts.max_concurrent,
+        "sweep.resources": f"{opts.cpus_per_trial:g} CPU, {opts.gpus_per_trial:g} GPU per trial",
+        "sweep.max_failures": opts.max_failures,
+        "sweep.epochs": base.run.epochs,
+        "sweep.model": base.model.name,
+        "sweep.dataset": base.data.dataset,
+        "sweep.noise": f"{base.noise.mode} {base.noise.rate:g}",
+    }
+    for text in opts.search:
+        key, _, value = text.partition("=")
+        out[f"sweep.search.{key}"] = value
+    return out
 
 
 def _trainable(spec: SweepSpec, fresh_trials: Iterable[str] = ()) -> Any:
@@ -97,6 +171,7 @@ def _trainable(spec: SweepSpec, fresh_trials: Iterable[str] = ()) -> Any:
         cpus_per_trial=opts.cpus_per_trial,
         fresh_trials=tuple(sorted(fresh_trials)),
         session=uuid.uuid4().hex,  # this driver session (a NaN note of another one is stale)
+        searched=searched_keys(spec),
     )
     fn = tune.with_parameters(train_trial, base_config=spec.base_config, context=context)
     return tune.with_resources(fn, {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
@@ -107,12 +182,14 @@ def _new_tuner(spec: SweepSpec, base: Config, *, verbose: int | None) -> tune.Tu
     base config's own point first) and ASHA on val_acc with `dm_epoch` as its clock."""
     opts = spec.options
     space = build_search_space(base, opts.search, defaults=opts.default_search)
+    storage = optuna_storage_url(spec)
     searcher = OptunaSearch(
-        space={key: dim.distribution() for key, dim in space.items()},
         metric=METRIC,
         mode=MODE,
         points_to_evaluate=[p] if (p := preset_point(base, space)) else None,
         sampler=optuna.samplers.TPESampler(seed=opts.seed),
+        study_name=spec.name,
+        storage=optuna.storages.RDBStorage(storage) if storage else None,
     )
     # ASHA's rungs all lie BEFORE the last epoch: pruning at the last epoch saves nothing, and a
     # trial that trains to the end then finishes by itself (logging its final per-sample file).
@@ -139,6 +216,7 @@ def _new_tuner(spec: SweepSpec, base: Config, *, verbose: int | None) -> tune.Tu
     )
     return tune.Tuner(
         _trainable(spec),
+        param_space={key: tune_domain(dim) for key, dim in space.items()},
         tune_config=tune.TuneConfig(
             search_alg=searcher,
             scheduler=scheduler,  # both carry metric and mode
@@ -160,13 +238,31 @@ def _new_tuner(spec: SweepSpec, base: Config, *, verbose: int | None) -> tune.Tu
 # --------------------------------------------------------------------------------------------
 # Sweeps
 # --------------------------------------------------------------------------------------------
+def _description(spec: SweepSpec, best: dict[str, Any] | None = None) -> str:
+    base = Config.from_flat(spec.base_config)
+    return ui.sweep_description(
+        name=spec.name,
+        preset=base.preset,
+        searched={k: v for k, _, v in (s.partition("=") for s in spec.options.search)},
+        scheduler=describe_scheduler(base, spec.options.grace_period),
+        num_samples=spec.options.num_samples,
+        best=best,
+    )
+
+
 def _open_tracking(spec: SweepSpec, mlflow_uri: str | None) -> None:
+    """The sweep's experiment and parent run: the sweep's definition as params, its base config
+    and noisy labels as artifacts (ONE copy: trials reference the file as a dataset input), a
+    description, and the experiment's saved "dmx sweep" view of the runs page."""
     spec.tracking_uri = tracking.check_tracking_uri(mlflow_uri or spec.tracking_uri or None)
+    description = _description(spec)
     parent = tracking.start_sweep_run(
         spec.tracking_uri,
         spec.experiment or spec.name,
         sweep_name=spec.name,
+        definition=sweep_definition(spec),
         base_config=spec.base_config,
+        description=description,
         tags={
             **tracking.provenance_tags(
                 preset=spec.base_config.get("preset", ""),
@@ -175,11 +271,32 @@ def _open_tracking(spec: SweepSpec, mlflow_uri: str | None) -> None:
             ),
             "dmx.search": " ".join(spec.options.search),
             "dmx.ray_results": spec.path,
+            "dmx.optuna_storage": optuna_storage_url(spec),
         },
     )
+    label_file = spec.base_config.get("noise.label_file")
+    if label_file:
+        parent.log_artifact(label_file)  # under its own name, once per sweep
     spec.experiment = spec.experiment or spec.name
     spec.experiment_id = parent.experiment_id
     spec.parent_run_id = parent.run_id
+    _write_experiment_view(spec, description)
+
+
+def _write_experiment_view(spec: SweepSpec, description: str) -> None:
+    """The experiment's description and its saved view (`ui.view_state`, named "dmx sweep")."""
+    state = ui.view_state(
+        searched=searched_keys(spec),
+        metrics=ui.CHART_METRICS,
+        parent_run_id=spec.parent_run_id,
+    )
+    created = time.mktime(time.strptime(spec.created, "%Y-%m-%dT%H:%M:%S"))
+    key, value = ui.saved_view("dmx sweep", state, created_ms=int(created * 1000))
+    tracking.set_experiment_tags(
+        spec.tracking_uri,
+        spec.experiment_id,
+        {ui.DESCRIPTION_TAG: description, key: value, "dmx.objective": METRIC},
+    )
 
 
 def _fit(spec: SweepSpec, tuner: tune.Tuner) -> Any:
@@ -354,6 +471,39 @@ def best_result(results: Iterable[Any]) -> Any:
     return max(candidates, key=lambda r: float(r.metrics[METRIC]), default=None)
 
 
+def _log_best_model(spec: SweepSpec, checkpoint: Any, run_id: str, trial_id: str) -> str:
+    """Log the best trial's ensemble (from its checkpoint) as an MLflow model of its run, and
+    register it when the sweep names a model; returns the model URI ("" with a warning when it
+    cannot be built, e.g. the data folder is not reachable from the driver)."""
+    from dmx.model_export import ensemble_from_checkpoint
+    from dmx.tracking.models import log_ensemble_model
+
+    try:
+        with checkpoint.as_directory() as folder:
+            model, example = ensemble_from_checkpoint(folder)
+        logged = log_ensemble_model(
+            spec.tracking_uri,
+            run_id,
+            model,
+            example,
+            registered_model_name=spec.options.register_model or None,
+            metadata={
+                "class_names": list(model.class_names),
+                "dmx.trial_id": trial_id,
+                "dmx.checkpoint": checkpoint.path,
+                "input": "uint8 images (B, C, H, W); output: logits (B, K), sum of both nets",
+            },
+        )
+    except Exception as exc:  # noqa: BLE001 - the sweep's results stand without the model
+        warnings.warn(
+            f"The best trial's model could not be logged to MLflow ({type(exc).__name__}: "
+            f"{exc}); its checkpoint {checkpoint.path} holds it.",
+            stacklevel=2,
+        )
+        return ""
+    return logged.model_uri
+
+
 def _finish(spec: SweepSpec, grid: Any) -> SweepResult:
     # The saved experiment state tells an interrupted sweep (Ctrl+C) from a finished one: Tune
     # marks running trials TERMINATED in memory when it stops, but saves them as unfinished.
@@ -374,17 +524,36 @@ def _finish(spec: SweepSpec, grid: Any) -> SweepResult:
         }
         best_id = str(best.metrics.get("trial_id", ""))
         best_ckpt = best.checkpoint.path if best.checkpoint is not None else ""
+    model_uri = ""
+    best_run_id = ""
     if spec.tracking_uri:
         parent = tracking.RunLogger(spec.tracking_uri, spec.parent_run_id)
         if best_metrics:
-            summary = {f"best_trial_{k}": v for k, v in best_metrics.items() if k != "epoch"}
-            parent.log_metrics(summary, step=0)
+            best_run_id = tracking.trial_run_id(spec.tracking_uri, spec.experiment_id, best_id)
+            # Tags, not metrics: the parent's values would be charted beside the trials' own.
             parent.set_tags(
                 {
                     "dmx.best_trial_id": best_id,
+                    "dmx.best_run_id": best_run_id,
                     **{f"dmx.best.{k}": v for k, v in best_params.items()},
+                    **{
+                        f"dmx.best.{k}": ui.round_metric(k, v)
+                        for k, v in best_metrics.items()
+                        if k in (METRIC, "test_acc", "best_test_acc", "last10_test_acc")
+                    },
                 }
             )
+            description = _description(
+                spec, {"trial_id": best_id, "params": best_params, "metrics": best_metrics}
+            )
+            parent.set_tags({ui.DESCRIPTION_TAG: description})
+            tracking.set_experiment_tags(
+                spec.tracking_uri, spec.experiment_id, {ui.DESCRIPTION_TAG: description}
+            )
+            if best.checkpoint is not None and best_run_id and not interrupted:
+                model_uri = _log_best_model(spec, best.checkpoint, best_run_id, best_id)
+                if model_uri:
+                    parent.set_tags({"dmx.best_model_uri": model_uri})
         for trial_id in unfinished:  # reopened (RUNNING) by resume_sweep
             tracking.end_trial_run(
                 spec.tracking_uri,
@@ -408,6 +577,10 @@ def _finish(spec: SweepSpec, grid: Any) -> SweepResult:
         best_metrics=best_metrics,
         best_checkpoint=best_ckpt,
         interrupted=interrupted,
+        experiment_id=spec.experiment_id,
+        best_run_id=best_run_id,
+        optuna_storage=optuna_storage_url(spec),
+        model_uri=model_uri,
         result_grid=grid,
     )
 

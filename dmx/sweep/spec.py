@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 SPEC_FILE = "dmx_sweep.json"  # in the experiment folder: everything resume_sweep needs
+OPTUNA_FILE = "optuna.db"  # in the experiment folder: the sweep's Optuna study (sqlite)
 DEFAULT_GRACE_PERIOD = 16  # DivideMix epochs before ASHA may stop a trial: lambda_u's ramp-up
 
 
@@ -62,6 +63,12 @@ class SweepOptions:
     """Seeds the TPE sampler."""
     grace_period: int = DEFAULT_GRACE_PERIOD
     """ASHA: DivideMix epochs (after warmup) before a trial may be stopped."""
+    register_model: str = ""
+    """Register the best trial's ensemble (always logged as an MLflow model) under this name in
+    the Model Registry; empty: log it, register nothing."""
+    optuna_storage: str = ""
+    """Optuna RDB storage URL of the study (e.g. postgresql://...); empty: an sqlite file
+    `optuna.db` in the sweep folder (none when the sweep's storage is a URI such as s3://)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "storage_path", normalize_storage(self.storage_path))
@@ -223,6 +230,7 @@ def clear_unstarted(path: str) -> None:
 
 __all__ = [
     "DEFAULT_GRACE_PERIOD",
+    "OPTUNA_FILE",
     "SPEC_FILE",
     "SweepError",
     "SweepOptions",

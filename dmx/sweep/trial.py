@@ -37,10 +37,12 @@ from dmx.state import (
     load_latest_checkpoint,
     save_checkpoint,
 )
+from dmx.tracking import ui
 from dmx.train import NonFiniteLossError, fit
 
 TIME_ATTR = "dm_epoch"  # DivideMix epochs completed (0 during warmup): ASHA's clock
 NONFINITE_FILE = "dmx_nonfinite.txt"  # in a trial's storage folder: its NaN, for its retries
+LIVE_TABLE_METRICS = ("val_acc", "test_acc", "best_test_acc", "epoch")
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,8 @@ class TrialContext:
     session: str = ""
     """Id of this driver session: a NaN note left by an earlier session fails no retry (see
     `_fail_fast_if_nonfinite`)."""
+    searched: tuple[str, ...] = ()
+    """The searched config keys: a trial's MLflow run is named by its values of them."""
 
 
 def dm_epoch(epoch: int, warmup_epochs: int) -> int:
@@ -88,7 +92,9 @@ class TuneReporter(Reporter):
     def epoch_end(self, epoch: int, metrics: dict[str, float], state: TrainState) -> None:
         with tempfile.TemporaryDirectory(prefix="dmx-report-") as tmp:
             save_checkpoint(state, Path(tmp), keep=1)
-            result = {**metrics, TIME_ATTR: dm_epoch(epoch, self.warmup_epochs)}
+            # Ray's live table shows the first 4 metrics of a result: the objective first.
+            first = {k: metrics[k] for k in LIVE_TABLE_METRICS if k in metrics}
+            result = {**first, **metrics, TIME_ATTR: dm_epoch(epoch, self.warmup_epochs)}
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -337,14 +343,16 @@ def _open_trial_run(
         dirty=context.git_dirty,
     )
     tags.update({"dmx.trial_name": tune_context.get_trial_name(), "dmx.sweep": context.name})
+    flat = cfg.to_flat()
     logger = tracking.start_trial_run(
         context.tracking_uri,
         context.experiment_id,
         trial_id=tune_context.get_trial_id(),
         parent_run_id=context.parent_run_id,
-        flat_config=cfg.to_flat(),
+        flat_config=flat,
         run_id=(state.mlflow_run_id or None) if state is not None else None,
-        run_name=tune_context.get_trial_name(),
+        # Named by what differs between trials (`λu=25 T=0.5 p=0.5`); Tune's name is a tag.
+        run_name=ui.trial_run_name(flat, context.searched) or tune_context.get_trial_name(),
         tags=tags,
     )
     if state is not None:
@@ -375,7 +383,8 @@ def train_trial(
     # MLflow first: it stores the run id in the state before Tune's checkpoint is written, and
     # tune.report (which may end this process when ASHA stops the trial) comes last.
     reporter = Reporters(
-        tracking.MlflowReporter(logger) if logger is not None else None,
+        # The noisy labels are the parent run's artifact: each trial references them.
+        tracking.MlflowReporter(logger, copy_labels=False) if logger is not None else None,
         TuneReporter(warmup_epochs=cfg.dividemix.warmup_epochs),
     )
     try:

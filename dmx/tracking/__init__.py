@@ -4,9 +4,11 @@ Everything goes through an explicit `MlflowClient` and a run id, never through M
 "active run": that is what lets a Ray worker, a retried trial or a restarted driver reopen the same
 run and keep writing to it. Layout (docs/architecture.md): one experiment per sweep, a parent run
 tagged `dmx.role=sweep`, one nested run per trial tagged `dmx.role=trial` + `dmx.trial_id`, and a
-standalone `dmx train` run tagged `dmx.role=train` + `dmx.run_dir`. Params are the flat config,
-metrics are logged with step = epoch, and a step that a run already holds is never logged twice
-(a trial restored from an older checkpoint re-runs epochs that MLflow has already seen).
+standalone `dmx train` run tagged `dmx.role=train` + `dmx.run_dir`. A trial's or train run's
+params are its flat config, the sweep run's the sweep's definition (`sweep.*`); metrics are logged
+with step = epoch, rounded, the objective first (`dmx.tracking.ui`), and a step that a run already
+holds is never logged twice (a trial restored from an older checkpoint re-runs epochs that MLflow
+has already seen). What the UI shows (view, columns, charts) is decided in `dmx.tracking.ui`.
 
 Tracking URI: explicit argument > `MLFLOW_TRACKING_URI` > `sqlite:///<cwd>/mlflow.db`, always made
 absolute, because Ray runs each trial in its own working directory. With a sqlite store the
@@ -14,16 +16,25 @@ artifacts go next to the database (`<db folder>/mlartifacts`), where `mlflow ui`
 """
 
 from dmx.tracking.runs import (
+    BASE_CONFIG_FILE,
+    PHASE_TAG,
     MlflowReporter,
+    SystemMetrics,
+    dataset_input,
     end_trial_run,
+    log_dataset_input,
     log_trial_artifact,
+    quiet_mlflow_logging,
+    set_experiment_tags,
     start_sweep_run,
     start_trial_run,
     train_reporter,
+    trial_run_id,
 )
 from dmx.tracking.store import (
     MAX_PARAM_CHARS,
     PARENT_TAG,
+    POINT_ELSEWHERE,
     ROLE_TAG,
     RUN_DIR_TAG,
     SWEEP_TAG,
@@ -39,13 +50,23 @@ from dmx.tracking.store import (
     open_run,
     param_values,
     provenance_tags,
+    read_client,
     resolve_tracking_uri,
     retry,
+    uri_source,
 )
 
 __all__ = [
+    "BASE_CONFIG_FILE",
     "MAX_PARAM_CHARS",
     "MlflowReporter",
+    "PHASE_TAG",
+    "SystemMetrics",
+    "dataset_input",
+    "log_dataset_input",
+    "quiet_mlflow_logging",
+    "set_experiment_tags",
+    "trial_run_id",
     "PARENT_TAG",
     "ROLE_TAG",
     "RUN_DIR_TAG",
@@ -63,7 +84,10 @@ __all__ = [
     "log_trial_artifact",
     "open_run",
     "param_values",
+    "POINT_ELSEWHERE",
     "provenance_tags",
+    "read_client",
+    "uri_source",
     "resolve_tracking_uri",
     "retry",
     "start_sweep_run",

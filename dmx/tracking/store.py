@@ -66,6 +66,42 @@ def _sqlite_path(uri: str) -> Path | None:
     return None
 
 
+POINT_ELSEWHERE = (
+    "Point elsewhere with --mlflow-uri URI (e.g. sqlite:////path/to/mlflow.db or "
+    "http://HOST:5000) or MLFLOW_TRACKING_URI."
+)
+
+
+def uri_source(uri: str | None = None) -> str:
+    """Where a tracking URI came from, for messages: the flag, the environment or the default."""
+    if uri:
+        return "--mlflow-uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return "MLFLOW_TRACKING_URI"
+    return "the default, ./mlflow.db"
+
+
+def read_client(uri: str | None = None) -> tuple[MlflowClient, str]:
+    """(client, resolved URI) of an EXISTING store, for tools that only read. MLflow creates an
+    empty sqlite database (or file-store folder) on first use; a reader pointed at nothing must
+    not leave one behind and then report an unknown experiment: FileNotFoundError naming the
+    store looked in, where that URI came from and how to point elsewhere."""
+    resolved = resolve_tracking_uri(uri)
+    db = _sqlite_path(resolved)
+    missing = None
+    if db is not None and not db.is_file():
+        missing = db
+    elif resolved.startswith("file://"):
+        folder = Path(resolved[len("file://") :])
+        missing = None if folder.is_dir() else folder
+    if missing is not None:
+        raise FileNotFoundError(
+            f"No MLflow store at {resolved} ({missing} does not exist; the URI is "
+            f"{uri_source(uri)}). {POINT_ELSEWHERE}"
+        )
+    return MlflowClient(resolved), resolved
+
+
 def check_tracking_uri(uri: str, *, timeout: float = 10.0) -> str:
     """Raise TrackingError (naming the URI) unless the store answers; returns the resolved URI.
 
@@ -343,9 +379,9 @@ def download_artifact(run_id: str, artifact: str, tracking_uri: str | None = Non
     the store) when the run or the artifact is missing."""
     from mlflow.artifacts import download_artifacts
 
-    uri = resolve_tracking_uri(tracking_uri)
+    client, uri = read_client(tracking_uri)  # never creates a store
     try:
-        root = MlflowClient(uri).get_run(run_id).info.artifact_uri
+        root = client.get_run(run_id).info.artifact_uri
         # By artifact URI with no destination: a local store answers with its own path (no copy,
         # no progress bar on stderr); `run_id=` would always copy through the runs:/ repository.
         local = download_artifacts(artifact_uri=f"{root.rstrip('/')}/{artifact}", tracking_uri=uri)
@@ -359,7 +395,7 @@ def download_artifact(run_id: str, artifact: str, tracking_uri: str | None = Non
 def log_files(tracking_uri: str, run_id: str, paths: list[Path], artifact_path: str) -> list[str]:
     """Upload files under `artifact_path` of run `run_id` without reopening it (a RunLogger would
     set an ended run RUNNING again); returns the artifact paths."""
-    client = MlflowClient(resolve_tracking_uri(tracking_uri))
+    client, _ = read_client(tracking_uri)  # the run's store exists: never create one
     for path in paths:
         retry(lambda path=path: client.log_artifact(run_id, str(path), artifact_path))
     return [f"{artifact_path}/{Path(p).name}" for p in paths]
