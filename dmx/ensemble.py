@@ -170,6 +170,24 @@ def ensemble_from_checkpoint(
     return _build(cfg, state, record, device, source=checkpoint_dir)
 
 
+def example_inputs(ensemble: Ensemble, cfg: Any, *, count: int = 2) -> torch.Tensor:
+    """(count, C, crop, crop) uint8: the first test images of the run's dataset as network
+    inputs (decoded and preprocessed when the dataset streams files), for a logged model's input
+    example; mid-grey images when the data are not reachable here."""
+    size = ensemble.crop or 32
+    try:
+        from dmx.data.decode import decode_image
+        from dmx.prepare import load_run_dataset
+
+        test = load_run_dataset(cfg.with_overrides({"data.download": False})).test
+        if test.images is not None:
+            return ensemble.preprocess(test.images[:count])
+        images = [decode_image(f, channels=ensemble.channels) for f in test.files[:count]]
+        return torch.stack([eval_image(i, resize=ensemble.resize, crop=size) for i in images])
+    except (OSError, ValueError, RuntimeError):
+        return torch.full((count, ensemble.channels, size, size), 128, dtype=torch.uint8)
+
+
 def load_ensemble(source: str | Path, *, device: str | torch.device = "cpu") -> Ensemble:
     """A run directory (`config.json` + `checkpoints/`) or a checkpoint folder."""
     from dmx.reporting import CONFIG_FILE
@@ -288,6 +306,7 @@ __all__ = [
     "EXPORT_METADATA",
     "Ensemble",
     "ensemble_from_checkpoint",
+    "example_inputs",
     "ensemble_from_run",
     "export_torchscript",
     "load_ensemble",

@@ -216,7 +216,6 @@ def test_sweep_optuna_study_and_registered_model(tiny_sweep):
     """The Optuna study is in the sweep folder's storage (optuna.load_study works), and the best
     trial's ensemble is an MLflow model of its run, registered, loadable, with a signature."""
     import mlflow
-    import numpy as np
     import optuna
     import torch
 
@@ -247,15 +246,20 @@ def test_sweep_optuna_study_and_registered_model(tiny_sweep):
 
     images = load_dataset("cifar10", tiny_sweep.root).test_images[:4]
     with torch.no_grad():
-        logits = model(images)
-    assert logits.shape == (4, 10) and torch.isfinite(logits).all()
-    # ... the sum of the two nets' logits on the normalised images, as the loop evaluates.
-    from dmx.model_export import ensemble_from_checkpoint
+        probs = model(images)
+    assert probs.shape == (4, 10) and torch.allclose(probs.sum(1), torch.ones(4), atol=1e-5)
+    # ... dmx's Ensemble: softmax of the sum of the two nets' logits, as the loop ranks classes.
+    from dmx.config import Config
+    from dmx.ensemble import ensemble_from_checkpoint, example_inputs
 
-    own, example = ensemble_from_checkpoint(result.best_checkpoint)
+    own = ensemble_from_checkpoint(result.best_checkpoint)
     with torch.no_grad():
-        assert torch.allclose(own(images), logits, atol=1e-4)
-    assert example.dtype == np.uint8 and example.shape == (2, 3, 32, 32)
+        assert torch.allclose(own(images), probs, atol=1e-5)
+    from dmx.state import load_latest_checkpoint
+
+    trial_cfg = Config.from_flat(load_latest_checkpoint(Path(result.best_checkpoint)).config)
+    example = example_inputs(own, trial_cfg)
+    assert example.dtype == torch.uint8 and tuple(example.shape) == (2, 3, 32, 32)
     assert own.class_names[0] == "airplane"
 
 

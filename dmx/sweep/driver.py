@@ -475,12 +475,13 @@ def _log_best_model(spec: SweepSpec, checkpoint: Any, run_id: str, trial_id: str
     """Log the best trial's ensemble (from its checkpoint) as an MLflow model of its run, and
     register it when the sweep names a model; returns the model URI ("" with a warning when it
     cannot be built, e.g. the data folder is not reachable from the driver)."""
-    from dmx.model_export import ensemble_from_checkpoint
+    from dmx.ensemble import ensemble_from_checkpoint, example_inputs
     from dmx.tracking.models import log_ensemble_model
 
     try:
         with checkpoint.as_directory() as folder:
-            model, example = ensemble_from_checkpoint(folder)
+            model = ensemble_from_checkpoint(folder)
+        example = example_inputs(model, Config.from_flat(spec.base_config)).numpy()
         logged = log_ensemble_model(
             spec.tracking_uri,
             run_id,
@@ -491,7 +492,9 @@ def _log_best_model(spec: SweepSpec, checkpoint: Any, run_id: str, trial_id: str
                 "class_names": list(model.class_names),
                 "dmx.trial_id": trial_id,
                 "dmx.checkpoint": checkpoint.path,
-                "input": "uint8 images (B, C, H, W); output: logits (B, K), sum of both nets",
+                "input": f"uint8 images (B, {model.channels}, {example.shape[2]}, "
+                f"{example.shape[3]}), already resized and cropped as dmx predict does",
+                "output": "(B, K) probabilities: softmax of the sum of the two nets' logits",
             },
         )
     except Exception as exc:  # noqa: BLE001 - the sweep's results stand without the model
