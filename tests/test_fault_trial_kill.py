@@ -74,10 +74,13 @@ def fault_config(root: Path) -> Config:
 
 # ---- helpers shared with the node-loss test --------------------------------------------------
 def attempts(pid_file: Path) -> list[dict]:
-    """One record per attempt of the trial (the factory runs twice per attempt: two nets)."""
+    """One record per attempt of the trial (the factory runs twice per attempt: two nets). The
+    driver, this test's process, builds the nets too when it logs the best trial's model to
+    MLflow: that is no attempt."""
     if not pid_file.exists():
         return []
     rows = [json.loads(x) for x in pid_file.read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r["pid"] != os.getpid()]
     out: list[dict] = []
     for row in rows:
         if not out or out[-1]["pid"] != row["pid"]:
