@@ -26,7 +26,15 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
-from dmx.tracking import PARENT_TAG, POINT_ELSEWHERE, ROLE_TAG, TRIAL_TAG, read_client
+from dmx.tracking import (
+    PARENT_TAG,
+    POINT_ELSEWHERE,
+    PRESET_TAG,
+    ROLE_TAG,
+    STOPPED_TAG,
+    TRIAL_TAG,
+    read_client,
+)
 
 MIN_TRIALS_FOR_CORRELATION = 10
 """Below this many trials a rank correlation is mostly noise: shown with n and a caveat."""
@@ -252,9 +260,9 @@ def load_sweep(
                 "role": tags.get(ROLE_TAG, ""),
                 "status": run.info.status,
                 "parent_run_id": tags.get(PARENT_TAG),
-                "preset": tags.get("dmx.preset"),
+                "preset": tags.get(PRESET_TAG),
                 # ASHA-stopped trials end FINISHED but carry this tag (dmx.sweep)
-                "stopped_early": tags.get("dmx.stopped_early", "false") == "true",
+                "stopped_early": tags.get(STOPPED_TAG, "false") == "true",
                 "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
                 "_start_ms": run.info.start_time,
                 "_end_ms": run.info.end_time,

@@ -100,8 +100,8 @@ def test_the_search_space_reaches_optuna_unchanged_and_shows_in_rays_live_table(
     searched params from it) and OptunaSearch turns them back into the same distributions."""
     from ray.tune.search.optuna import OptunaSearch
 
-    from dmx.sweep.driver import tune_domain
     from dmx.sweep.trial import LIVE_TABLE_METRICS
+    from dmx.sweep.tuner import tune_domain
 
     space = dmx_sweep.build_search_space(
         BASE, ("optim.batch_size=32,64,128", "dividemix.alpha=0.5:8:log", "run.seed=0:4")
@@ -114,7 +114,7 @@ def test_the_search_space_reaches_optuna_unchanged_and_shows_in_rays_live_table(
 
 
 def test_the_parent_runs_params_define_the_sweep():
-    from dmx.sweep.driver import sweep_definition
+    from dmx.sweep.record import sweep_definition
 
     base = BASE.with_overrides({"data.val_fraction": 0.05}).resolved()
     options = dmx_sweep.SweepOptions(name="d", search=("dividemix.alpha=0.5:8:log",), seed=3)
@@ -467,11 +467,11 @@ def _folders(trial: Path, layout: dict[str, list[int]]) -> None:
 def test_recovery_orders_checkpoints_by_the_epoch_inside_not_the_folder_name(tmp_path, monkeypatch):
     import pyarrow.fs as pafs
 
-    from dmx.state import checkpoint_path
-    from dmx.sweep import trial as trial_mod
+    from dmx.state import checkpoint_epoch, checkpoint_path
+    from dmx.sweep import recovery
 
     # The recovery reads the epoch from the file name dmx.state writes.
-    assert trial_mod._CKPT_NAME.match(checkpoint_path(tmp_path, 7).name).group(1) == "0007"
+    assert checkpoint_epoch(checkpoint_path(tmp_path, 7).name) == 7
     # What Tune leaves after a driver resume: it restored the trial from checkpoint_000000 (its
     # stale experiment state), resumed it from checkpoint_000002 (epoch 3, the newest), and its
     # folder counter, restarted at 1, wrote epoch 4 into the existing checkpoint_000001.
@@ -485,35 +485,35 @@ def test_recovery_orders_checkpoints_by_the_epoch_inside_not_the_folder_name(tmp
     # and went back one epoch (to 3) with a false warning.
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert trial_mod._newest_checkpoint(latest) is latest
-        assert trial_mod._restore_state(latest).epoch == 4
+        assert recovery.newest_checkpoint(latest) is latest
+        assert recovery.restore_state(latest).epoch == 4
 
     # Tune knows no checkpoint (driver killed before its first state save): the newest epoch.
     fs = pafs.LocalFileSystem()
-    monkeypatch.setattr(trial_mod, "_trial_storage", lambda: (fs, str(trial)))
+    monkeypatch.setattr(recovery, "trial_storage", lambda: (fs, str(trial)))
     with pytest.warns(UserWarning, match=r"checkpoint_000001 \(epoch 4\)"):
-        assert trial_mod._newest_checkpoint(None).path == str(trial / "checkpoint_000001")
+        assert recovery.newest_checkpoint(None).path == str(trial / "checkpoint_000001")
     # Tune restores from an older folder: the newest epoch wins, whatever the folder names.
     with pytest.warns(UserWarning, match=r"from .*checkpoint_000002 \(epoch 3\), but its newer"):
-        newer = trial_mod._newest_checkpoint(tune.Checkpoint(str(trial / "checkpoint_000002")))
+        newer = recovery.newest_checkpoint(tune.Checkpoint(str(trial / "checkpoint_000002")))
     assert newer.path == str(trial / "checkpoint_000001")
 
     # The newest file damaged: fall back ONE epoch (3, in another folder), not to the older file
     # beside it (2).
     (trial / "checkpoint_000001" / "ckpt-0004.pt").write_bytes(b"truncated")
     with pytest.warns(UserWarning, match=r"unusable .*sha256 mismatch.* \(epoch 3\)"):
-        assert trial_mod._restore_state(latest).epoch == 3
+        assert recovery.restore_state(latest).epoch == 3
     # Tune's folder lost its file: every other checkpoint, newest epoch first.
     for f in (trial / "checkpoint_000001").iterdir():
         f.unlink()
-    assert trial_mod._newest_checkpoint(latest) is latest  # left to the fallback
+    assert recovery.newest_checkpoint(latest) is latest  # left to the fallback
     with pytest.warns(UserWarning, match=r"\(epoch 3\)"):
-        assert trial_mod._restore_state(latest).epoch == 3
+        assert recovery.restore_state(latest).epoch == 3
     for folder in ("checkpoint_000000", "checkpoint_000002"):
         for f in (trial / folder).iterdir():
             f.write_bytes(b"x")
     with pytest.raises(CheckpointError, match="No usable checkpoint for this trial"):
-        trial_mod._restore_state(latest)
+        recovery.restore_state(latest)
 
 
 def test_recovery_passes_over_a_checkpoint_the_killed_driver_left_half_copied(
@@ -524,28 +524,28 @@ def test_recovery_passes_over_a_checkpoint_the_killed_driver_left_half_copied(
     ("No usable checkpoint"); it now passes over it: the newest intact epoch, else scratch."""
     import pyarrow.fs as pafs
 
-    from dmx.sweep import trial as trial_mod
+    from dmx.sweep import recovery
 
     trial = tmp_path / "trial_x"
     _folders(trial, {"checkpoint_000000": [1], "checkpoint_000001": [2]})
     torn = trial / "checkpoint_000001" / "ckpt-0002.pt"
     torn.write_bytes(torn.read_bytes()[:100])  # the copy stopped part-way
     fs = pafs.LocalFileSystem()
-    monkeypatch.setattr(trial_mod, "_trial_storage", lambda: (fs, str(trial)))
+    monkeypatch.setattr(recovery, "trial_storage", lambda: (fs, str(trial)))
     with pytest.warns(UserWarning, match=r"checkpoint_000001 \(epoch 2\) is incomplete"):
-        chosen = trial_mod._newest_checkpoint(None)
+        chosen = recovery.newest_checkpoint(None)
     assert chosen.path == str(trial / "checkpoint_000000")
-    assert trial_mod._restore_state(chosen).epoch == 1
+    assert recovery.restore_state(chosen).epoch == 1
     # Tune restores from epoch 1 itself: the torn epoch 2 is passed over, Tune's choice kept.
     latest = tune.Checkpoint(str(trial / "checkpoint_000000"))
     with pytest.warns(UserWarning, match="incomplete"):
-        assert trial_mod._newest_checkpoint(latest) is latest
+        assert recovery.newest_checkpoint(latest) is latest
     # The only checkpoint is torn (the first report's copy): the trial starts from scratch.
     for f in (trial / "checkpoint_000000").iterdir():
         f.unlink()
     (trial / "checkpoint_000000").rmdir()
     with pytest.warns(UserWarning, match="incomplete"):
-        assert trial_mod._newest_checkpoint(None) is None
+        assert recovery.newest_checkpoint(None) is None
 
 
 # ---- a driver killed after writing its spec, before Tune's first save (issue 11, item 6) --------

@@ -73,7 +73,7 @@ class MlflowStatusCallback(tune.Callback):
             self.experiment_id,
             trial.trial_id,
             "FINISHED",
-            tags={"dmx.stopped_early": str(done < self.epochs).lower(), "dmx.epochs_done": done},
+            tags={tracking.STOPPED_TAG: str(done < self.epochs).lower(), "dmx.epochs_done": done},
         )
         checkpoint = getattr(trial, "checkpoint", None)
         if done < self.epochs and checkpoint is not None:

@@ -69,6 +69,16 @@ class SweepOptions:
     optuna_storage: str = ""
     """Optuna RDB storage URL of the study (e.g. postgresql://...); empty: an sqlite file
     `optuna.db` in the sweep folder (none when the sweep's storage is a URI such as s3://)."""
+    seeds: int = 1
+    """Seeds per configuration: each configuration the searcher proposes trains with run.seed,
+    run.seed + 1, ... (Ray Tune's Repeater) and the searcher sees their mean objective, so the
+    search does not chase one lucky seed. `num_samples` counts configurations; with more than one
+    seed ASHA is off (it would compare single seeds). In a grid: the seeds of every cell."""
+    cells: tuple[str, ...] = ()
+    """A grid instead of a search: these presets (cells), each with every seed, once (no search,
+    no early stopping): `sweeps/paper.py`."""
+    share_warmup: bool = True
+    """Trials whose warmup would be identical train it once (`dmx.sweep.warmup`)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "storage_path", normalize_storage(self.storage_path))
@@ -94,6 +104,15 @@ class SweepOptions:
             )
         if self.grace_period < 1:
             raise SweepError(f"grace_period={self.grace_period}: must be >= 1 DivideMix epoch.")
+        if self.seeds < 1:
+            raise SweepError(f"seeds={self.seeds}: run every configuration with at least 1 seed.")
+        object.__setattr__(self, "cells", tuple(self.cells))
+        if len(set(self.cells)) != len(self.cells):
+            raise SweepError(f"cells={list(self.cells)}: a cell appears twice.")
+
+    @property
+    def is_grid(self) -> bool:
+        return bool(self.cells)
 
     @property
     def path(self) -> str:
@@ -118,6 +137,9 @@ class SweepSpec:
     experiment_id: str = ""
     parent_run_id: str = ""
     label_sha256: str = ""
+    cell_configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """A grid's prepared, resolved flat config per cell (labels made); empty for a search."""
+    cell_label_sha256: dict[str, str] = field(default_factory=dict)
     git_commit: str = ""
     git_dirty: bool = False
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S"))
@@ -136,6 +158,7 @@ class SweepSpec:
         data = {**asdict(self.options), **asdict(self)}
         data.pop("options")
         data["search"] = list(self.options.search)
+        data["cells"] = list(self.options.cells)
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod

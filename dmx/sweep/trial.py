@@ -13,35 +13,28 @@ hyperparameters, and a restored trial continues bit-for-bit).
 
 from __future__ import annotations
 
-import re
 import tempfile
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import ray
 import torch
 from ray import tune
 
 from dmx import tracking
 from dmx.config import Config
-from dmx.files import sha256_file, sha256_stream
+from dmx.files import sha256_bytes, sha256_file
 from dmx.reporting import Reporter, Reporters
-from dmx.state import (
-    CheckpointError,
-    TrainState,
-    checkpoint_path,
-    load_checkpoint,
-    load_latest_checkpoint,
-    save_checkpoint,
-)
+from dmx.state import TrainState, save_checkpoint
+from dmx.sweep import warmup as shared
+from dmx.sweep.recovery import newest_checkpoint, restore_state, trial_storage
 from dmx.tracking import ui
 from dmx.train import NonFiniteLossError, fit
 
 TIME_ATTR = "dm_epoch"  # DivideMix epochs completed (0 during warmup): ASHA's clock
 NONFINITE_FILE = "dmx_nonfinite.txt"  # in a trial's storage folder: its NaN, for its retries
+REPEAT_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX: the seed of a config
 LIVE_TABLE_METRICS = ("val_acc", "test_acc", "best_test_acc", "epoch")
 
 
@@ -74,6 +67,12 @@ class TrialContext:
     `_fail_fast_if_nonfinite`)."""
     searched: tuple[str, ...] = ()
     """The searched config keys: a trial's MLflow run is named by its values of them."""
+    cell_label_sha256: dict[str, str] = field(default_factory=dict)
+    """A grid's label-file sha256 per cell (`label_sha256` is the search's one file)."""
+    seeds: int = 1
+    """Seeds per configuration (Ray Tune's Repeater passes the seed's index)."""
+    share_warmup: bool = False
+    """Load the warmup from the sweep's shared store (or train and publish it there)."""
 
 
 def dm_epoch(epoch: int, warmup_epochs: int) -> int:
@@ -99,183 +98,11 @@ class TuneReporter(Reporter):
 
 
 # --------------------------------------------------------------------------------------------
-# Checkpoint recovery
-# --------------------------------------------------------------------------------------------
-# The name `dmx.state.checkpoint_path` gives a checkpoint file: ckpt-EPOCH.pt, EPOCH = completed
-# epochs of the TrainState inside. Read from a folder listing, it orders checkpoints without
-# loading any (tests/test_sweep.py pins it to checkpoint_path).
-_CKPT_NAME = re.compile(r"^ckpt-(\d+)\.pt$")
-
-
-def _epochs_in(fs: pafs.FileSystem, folder: str) -> list[int]:
-    """Epochs of the dmx checkpoint files in `folder`, newest first ([] when none or unlistable).
-    A folder may hold two: after a driver resume, Tune's folder counter can restart below the
-    existing folders and write a new checkpoint into an old folder."""
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(folder))
-    except OSError:
-        return []
-    epochs = (int(m.group(1)) for i in infos if (m := _CKPT_NAME.match(i.base_name)))
-    return sorted(epochs, reverse=True)
-
-
-def checkpoint_epoch(fs: pafs.FileSystem, folder: str) -> int | None:
-    """The newest epoch among the dmx checkpoint files in `folder`, None when it holds none."""
-    epochs = _epochs_in(fs, folder)
-    return epochs[0] if epochs else None
-
-
-def trial_checkpoints(fs: pafs.FileSystem, trial_path: str) -> list[tuple[int, str]]:
-    """(epoch, folder) of every dmx checkpoint file in the trial's `checkpoint_*` folders, newest
-    EPOCH first. Folder names are no age order: after a driver resume Tune may number new
-    checkpoints below older ones (issue 11, item 5)."""
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(trial_path))
-    except OSError:
-        return []
-    found = [
-        (epoch, info.path)
-        for info in infos
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_")
-        for epoch in _epochs_in(fs, info.path)
-    ]
-    return sorted(found, reverse=True)
-
-
-def _split(checkpoint: tune.Checkpoint) -> tuple[pafs.FileSystem, str, str]:
-    """(file system, trial folder, checkpoint folder) of a Tune checkpoint."""
-    path = checkpoint.path.rstrip("/")
-    return checkpoint.filesystem, path.rpartition("/")[0], path
-
-
-def _candidates(checkpoint: tune.Checkpoint) -> list[tuple[int | None, str]]:
-    """(epoch, folder) of the checkpoint files to try for a restore from `checkpoint`, in order:
-    its newest file, then every older file of the trial (in any folder), newest epoch first.
-    Epoch None: `checkpoint` holds no readable checkpoint file (tried first, then all others)."""
-    fs, trial_path, path = _split(checkpoint)
-    own = _epochs_in(fs, path)
-    if not own:
-        return [(None, path), *trial_checkpoints(fs, trial_path)]
-    others = [(e, p) for e, p in trial_checkpoints(fs, trial_path) if p != path and e < own[0]]
-    mine = [(e, path) for e in own]
-    # Newest epoch first; on a tie Tune's own folder first.
-    return sorted(mine + others, key=lambda c: (c[0], c[1] == path), reverse=True)
-
-
-def _trial_storage() -> tuple[pafs.FileSystem, str] | None:
-    """(file system, path) of this trial's folder on the sweep's storage (shared by every node),
-    or None outside a Tune session.
-
-    The one use of a non-stable Ray API (checked on Ray 2.60): `ray.tune.get_context()` is public,
-    but its `get_storage()` is a DeveloperAPI ("the StorageContext interface may change without
-    notice between minor versions"). No public call gives this folder: `get_trial_dir()` is the
-    node-local working folder, and `tune.get_checkpoint()` is None before the first report."""
-    try:
-        storage = tune.get_context().get_storage()  # None (with a warning) outside a session
-        return storage.storage_filesystem, storage.trial_fs_path
-    except Exception:  # noqa: BLE001 - no session, or the interface changed: nothing to share
-        return None
-
-
-def _intact(fs: pafs.FileSystem, folder: str, epoch: int) -> bool:
-    """Whether `folder`'s ckpt-EPOCH.pt matches its sha256 sidecar (read through `fs`, so remote
-    storage works too). A driver killed while Tune copied a trial's checkpoint to storage leaves
-    a truncated file that Tune never recorded."""
-    name = f"{folder}/{checkpoint_path(Path(), epoch).name}"
-    try:
-        with fs.open_input_stream(name + ".sha256") as fh:
-            expected = fh.read().decode().strip()
-        with fs.open_input_stream(name) as fh:
-            return sha256_stream(fh) == expected
-    except (OSError, UnicodeDecodeError):
-        return False
-
-
-def _newest_checkpoint(checkpoint: tune.Checkpoint | None) -> tune.Checkpoint | None:
-    """The trial's checkpoint folder with the newest INTACT epoch, when that epoch is newer than
-    the one of the checkpoint Tune restores from. Tune saves its experiment state every ~10 s, so
-    a driver killed right after a trial's report restores that trial from the previous
-    checkpoint, or from none (epoch 0); the trial's storage folder has the newer one. A newer one
-    that does not verify is a copy the killed driver left half-written (Tune never recorded it):
-    it is passed over with a warning. A checkpoint whose epoch cannot be read (its file is
-    missing) is left to `_restore_state`'s fallback."""
-    try:
-        if checkpoint is not None:
-            fs, trial_path, path = _split(checkpoint)
-            current = checkpoint_epoch(fs, path)
-            if current is None:
-                return checkpoint
-        else:
-            where = _trial_storage()
-            if where is None:
-                return checkpoint
-            (fs, trial_path), path, current = where, "", -1
-        found = trial_checkpoints(fs, trial_path)
-    except Exception:  # noqa: BLE001 - keep Tune's choice when the folder cannot be listed
-        return checkpoint
-    for epoch, newest in found:
-        if epoch <= current or newest == path:
-            return checkpoint
-        if not _intact(fs, newest, epoch):
-            warnings.warn(
-                f"Checkpoint {newest} (epoch {epoch}) is incomplete (its file does not match its "
-                "checksum: the driver stopped while it was being copied); passing it over.",
-                stacklevel=2,
-            )
-            continue
-        warnings.warn(
-            "Tune restores this trial from "
-            + (f"{checkpoint.path} (epoch {current})" if checkpoint else "scratch")
-            + f", but its newer checkpoint {newest} (epoch {epoch}) exists (the driver stopped "
-            "before recording it): resuming from that one.",
-            stacklevel=2,
-        )
-        return tune.Checkpoint(newest, filesystem=fs)
-    return checkpoint
-
-
-def _restore_state(checkpoint: tune.Checkpoint) -> Any:
-    """The TrainState in Tune's latest checkpoint of this trial, or, when that one is damaged
-    (checksum mismatch, truncated, missing file), in the newest older checkpoint file of the trial
-    that verifies (ordered by the epoch in its name, never by folder name). A trial that has a
-    checkpoint never silently starts again from epoch 0: with no usable checkpoint left this
-    raises CheckpointError."""
-    errors = []
-    for epoch, folder in _candidates(checkpoint):
-        candidate = tune.Checkpoint(folder, filesystem=checkpoint.filesystem)
-        try:
-            with candidate.as_directory() as ckpt_dir:
-                if epoch is None:
-                    state = load_latest_checkpoint(Path(ckpt_dir))
-                else:
-                    state = load_checkpoint(checkpoint_path(Path(ckpt_dir), epoch))
-        except CheckpointError as exc:
-            errors.append(str(exc))
-            continue
-        if state is None:
-            errors.append(f"{folder} holds no dmx checkpoint file.")
-            continue
-        if errors:
-            warnings.warn(
-                f"Tune's latest checkpoint {checkpoint.path} is unusable ({errors[0]}); resuming "
-                f"from {folder} (epoch {state.epoch}) instead.",
-                stacklevel=2,
-            )
-        return state
-    raise CheckpointError(
-        f"No usable checkpoint for this trial (latest: {checkpoint.path}): "
-        + " | ".join(errors)
-        + " Restart the trial from scratch (resume_sweep(..., restart_errored=True)) or restore "
-        "the files from a backup."
-    )
-
-
-# --------------------------------------------------------------------------------------------
 # NaN notes: a non-finite loss is deterministic, a retry of the same checkpoint would repeat it
 # --------------------------------------------------------------------------------------------
 def _record_nonfinite(session: str, exc: BaseException) -> None:
     """Remember a NaN/inf loss for this trial's retries in the same driver session."""
-    where = _trial_storage()
+    where = trial_storage()
     if where is None or not session:
         return
     fs, trial_path = where
@@ -292,7 +119,7 @@ def _fail_fast_if_nonfinite(session: str) -> None:
     resume from the same checkpoint and hit it again. Fail such a retry at once with the original
     message instead of re-training an epoch per retry. A new driver session (resume_sweep) tries
     again: the user may have changed something."""
-    where = _trial_storage()
+    where = trial_storage()
     if where is None or not session:
         return
     fs, trial_path = where
@@ -323,7 +150,8 @@ def _check_label_file(cfg: Config, context: TrialContext, trial_id: str) -> None
             f"file {label_file} is missing. Put the data folder on storage every node mounts "
             "at the same path (see docs/sweeps.md)."
         )
-    if context.label_sha256 and sha256_file(label_file) != context.label_sha256:
+    expected = context.cell_label_sha256.get(cfg.preset, context.label_sha256)
+    if expected and sha256_file(label_file) != expected:
         raise RuntimeError(
             f"Trial {trial_id}: {label_file} differs from the file the sweep started with "
             "(sha256 mismatch); every trial must train on the same noisy labels."
@@ -331,18 +159,22 @@ def _check_label_file(cfg: Config, context: TrialContext, trial_id: str) -> None
 
 
 def _open_trial_run(
-    cfg: Config, context: TrialContext, *, state: TrainState | None
+    cfg: Config, context: TrialContext, *, state: TrainState | None, tags: dict[str, str]
 ) -> tracking.RunLogger:
     """Start this trial's nested MLflow run, or reopen it (by the id in the restored state, else
     by the `dmx.trial_id` tag) so that a retried or restored trial keeps writing to one run."""
     tune_context = tune.get_context()
-    tags = tracking.provenance_tags(
-        preset=cfg.preset,
-        node=ray.util.get_node_ip_address(),
-        commit=context.git_commit,
-        dirty=context.git_dirty,
-    )
-    tags.update({"dmx.trial_name": tune_context.get_trial_name(), "dmx.sweep": context.name})
+    tags = {
+        **tracking.provenance_tags(
+            preset=cfg.preset,
+            node=ray.util.get_node_ip_address(),
+            commit=context.git_commit,
+            dirty=context.git_dirty,
+        ),
+        "dmx.trial_name": tune_context.get_trial_name(),
+        tracking.SWEEP_TAG: context.name,
+        **tags,
+    }
     flat = cfg.to_flat()
     logger = tracking.start_trial_run(
         context.tracking_uri,
@@ -357,29 +189,70 @@ def _open_trial_run(
     )
     if state is not None:
         state.mlflow_run_id = logger.run_id
-        logger.set_tags({"dmx.restored_from_epoch": state.epoch})
+        if tracking.WARMUP_SHARED_TAG not in tags:
+            logger.set_tags({tracking.RESTORED_TAG: state.epoch})
     return logger
 
 
+def trial_config(
+    params: dict[str, Any],
+    base_config: dict[str, Any],
+    cells: dict[str, dict[str, Any]],
+    *,
+    searched: tuple[str, ...] = (),
+) -> tuple[Config, dict[str, str]]:
+    """The trial's resolved config and the tags that name it: a grid trial's cell (its preset's
+    prepared config) and seed, a search trial's params over the base config; a seed index from
+    Ray Tune's Repeater becomes run.seed = base seed + index, and the seeds of one configuration
+    share a `dmx.config_id` tag."""
+    params = dict(params)
+    cell = params.pop(tracking.CELL_TAG, None)
+    index = params.pop(REPEAT_INDEX, None)
+    flat = {**(cells[cell] if cell is not None else base_config), **params}
+    tags: dict[str, str] = {}
+    if index is not None:
+        searched_values = {k: params[k] for k in searched if k in params}
+        tags[tracking.CONFIG_TAG] = sha256_bytes(repr(sorted(searched_values.items())).encode())[
+            :12
+        ]
+        flat["run.seed"] = int(flat.get("run.seed", 123)) + int(index)
+    cfg = Config.from_flat(flat).resolved()
+    if cell is not None:
+        tags[tracking.CELL_TAG] = cell
+    if cell is not None or index is not None:
+        tags[tracking.SEED_TAG] = str(cfg.run.seed)
+    return cfg, tags
+
+
 def train_trial(
-    params: dict[str, Any], *, base_config: dict[str, Any], context: TrialContext
+    params: dict[str, Any],
+    *,
+    base_config: dict[str, Any],
+    context: TrialContext,
+    cells: dict[str, dict[str, Any]] | None = None,
 ) -> None:
     """The Ray Tune function trainable: one DivideMix run with the trial's `params` (flat dotted
-    keys) over `base_config` (the driver's flat config, labels already made)."""
+    keys) over `base_config` (the driver's flat config, labels already made), or over its cell's
+    config in a grid (`cells`)."""
     torch.set_num_threads(max(1, int(context.cpus_per_trial)))
     trial_id = tune.get_context().get_trial_id()
     # Resolved: a searched "auto" choice (or an old sweep's base config) becomes the concrete value
     # this trial trains with, recorded as such in MLflow and used for ASHA's clock.
-    cfg = Config.from_flat({**base_config, **params}).resolved()
+    cfg, tags = trial_config(params, base_config, cells or {}, searched=context.searched)
     _check_label_file(cfg, context, trial_id)
 
     _fail_fast_if_nonfinite(context.session)
     checkpoint = tune.get_checkpoint()
     if trial_id not in context.fresh_trials:  # restart_errored: from scratch on purpose
-        checkpoint = _newest_checkpoint(checkpoint)
-    state = _restore_state(checkpoint) if checkpoint is not None else None
+        checkpoint = newest_checkpoint(checkpoint)
+    state = restore_state(checkpoint) if checkpoint is not None else None
+    if state is None and context.share_warmup and (where := trial_storage()) is not None:
+        fs, trial_path = where
+        state = shared.shared_warmup_state(cfg, (fs, trial_path.rpartition("/")[0]))
+        if state is not None:
+            tags[tracking.WARMUP_SHARED_TAG] = shared.warmup_key(cfg)
 
-    logger = _open_trial_run(cfg, context, state=state) if context.tracking_uri else None
+    logger = _open_trial_run(cfg, context, state=state, tags=tags) if context.tracking_uri else None
     # MLflow first: it stores the run id in the state before Tune's checkpoint is written, and
     # tune.report (which may end this process when ASHA stops the trial) comes last.
     reporter = Reporters(
@@ -403,11 +276,11 @@ def train_trial(
 
 __all__ = [
     "NONFINITE_FILE",
+    "REPEAT_INDEX",
     "TIME_ATTR",
     "TrialContext",
     "TuneReporter",
-    "checkpoint_epoch",
     "dm_epoch",
     "train_trial",
-    "trial_checkpoints",
+    "trial_config",
 ]

@@ -32,13 +32,21 @@ from dmx.tracking.runs import (
     trial_run_id,
 )
 from dmx.tracking.store import (
+    CELL_TAG,
+    CONFIG_TAG,
+    FAILURE_TAG,
     MAX_PARAM_CHARS,
     PARENT_TAG,
     POINT_ELSEWHERE,
+    PRESET_TAG,
+    RESTORED_TAG,
     ROLE_TAG,
     RUN_DIR_TAG,
+    SEED_TAG,
+    STOPPED_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
+    WARMUP_SHARED_TAG,
     RunLogger,
     TrackingError,
     check_tracking_uri,
@@ -57,6 +65,14 @@ from dmx.tracking.store import (
 )
 
 __all__ = [
+    "CELL_TAG",
+    "CONFIG_TAG",
+    "FAILURE_TAG",
+    "PRESET_TAG",
+    "RESTORED_TAG",
+    "SEED_TAG",
+    "STOPPED_TAG",
+    "WARMUP_SHARED_TAG",
     "BASE_CONFIG_FILE",
     "MAX_PARAM_CHARS",
     "MlflowReporter",

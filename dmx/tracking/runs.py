@@ -19,7 +19,9 @@ from mlflow.exceptions import MlflowException
 from dmx.files import write_parquet_atomic
 from dmx.reporting import CLEAN_PROBS_FILE, CONFIG_FILE, NOISY_LABELS_FILE, Reporter
 from dmx.tracking.store import (
+    FAILURE_TAG,
     PARENT_TAG,
+    RESTORED_TAG,
     ROLE_TAG,
     RUN_DIR_TAG,
     SWEEP_TAG,
@@ -313,10 +315,6 @@ class MlflowReporter(Reporter):
             self.logger.finish("KILLED", reason="interrupted (KeyboardInterrupt)")
         else:
             self.logger.finish("FAILED", reason=f"{type(exc).__name__}: {exc}")
-
-
-FAILURE_TAG = "dmx.failure_reason"  # set by RunLogger.finish on FAILED / KILLED
-RESTORED_TAG = "dmx.restored_from_epoch"
 
 
 def display_path(path: str | Path) -> str:

@@ -26,6 +26,14 @@ TRIAL_TAG = "dmx.trial_id"
 SWEEP_TAG = "dmx.sweep"
 RUN_DIR_TAG = "dmx.run_dir"
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own tag for nested runs
+PRESET_TAG = "dmx.preset"
+CELL_TAG = "dmx.cell"  # a grid trial's cell (preset name): sweeps/paper.py
+SEED_TAG = "dmx.seed"  # a grid trial's, or a repeated configuration's, run.seed
+CONFIG_TAG = "dmx.config_id"  # the seeds of one searched configuration share it
+WARMUP_SHARED_TAG = "dmx.warmup_shared"  # the shared warmup a trial loaded (dmx.sweep.warmup)
+STOPPED_TAG = "dmx.stopped_early"  # a trial ASHA stopped (its run ends FINISHED)
+FAILURE_TAG = "dmx.failure_reason"  # set by RunLogger.finish on FAILED / KILLED
+RESTORED_TAG = "dmx.restored_from_epoch"  # a restored trial / resumed run: the epoch it went on
 MAX_PARAM_CHARS = 6000  # MLflow's limit on a param value
 _PARAMS_PER_BATCH = 100  # MLflow's limit on params per log_batch
 _METRICS_PER_BATCH = 1000  # MLflow's limit on metrics per log_batch
@@ -170,7 +178,7 @@ def provenance_tags(
     """Tags every dmx run carries: preset, git commit (+ dirty flag), node."""
     if commit is None:
         commit, dirty = git_commit()
-    tags = {"dmx.preset": preset, "dmx.node": node or socket.gethostname()}
+    tags = {PRESET_TAG: preset, "dmx.node": node or socket.gethostname()}
     if commit:
         tags["dmx.git_commit"] = commit
         tags["dmx.git_dirty"] = str(bool(dirty)).lower()
@@ -328,7 +336,7 @@ class RunLogger:
         if status not in ("FINISHED", "FAILED", "KILLED"):
             raise ValueError(f"status={status!r}: expected FINISHED, FAILED or KILLED")
         if reason:
-            self.set_tags({"dmx.failure_reason": reason[:5000]})
+            self.set_tags({FAILURE_TAG: reason[:5000]})
         retry(lambda: self.client.set_terminated(self.run_id, status=status))
 
     def status(self) -> str:
