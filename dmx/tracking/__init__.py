@@ -32,11 +32,13 @@ from dmx.tracking.runs import (
     trial_run_id,
 )
 from dmx.tracking.store import (
+    CELL_TAG,
     MAX_PARAM_CHARS,
     PARENT_TAG,
     POINT_ELSEWHERE,
     ROLE_TAG,
     RUN_DIR_TAG,
+    SEED_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
     RunLogger,
@@ -58,6 +60,7 @@ from dmx.tracking.store import (
 
 __all__ = [
     "BASE_CONFIG_FILE",
+    "CELL_TAG",
     "MAX_PARAM_CHARS",
     "MlflowReporter",
     "PHASE_TAG",
@@ -70,6 +73,7 @@ __all__ = [
     "PARENT_TAG",
     "ROLE_TAG",
     "RUN_DIR_TAG",
+    "SEED_TAG",
     "RunLogger",
     "SWEEP_TAG",
     "TRIAL_TAG",
