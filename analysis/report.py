@@ -5,7 +5,8 @@
 
 Writes DIR/report.html (plots as base64 PNG data URIs, CSS inline, no scripts) plus the PNGs and
 the compare.py tables beside it. Sections: summary and best setting, does the objective pick the
-test winner, ranked trials, mean ± std per setting, plots, and for the best trial that logged
+test winner, ranked trials, mean ± std per configuration, for a paper grid the paper table
+(`analysis.paper_table`, with its paper_table.* files), plots, and for the best trial that logged
 clean_probs.parquet: its per-sample loss histogram and the top suspected label errors.
 With --log-to-mlflow the plots and the page go under `plots/` of the sweep's parent run (of the
 best trial when the experiment has no sweep run), where the MLflow UI shows them.
@@ -23,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import plots
+from analysis import paper_table, plots
 from analysis.compare import (
     Comparison,
     add_sweep_arguments,
@@ -31,6 +32,7 @@ from analysis.compare import (
     compare,
     display_columns,
     display_headers,
+    grouping_label,
     groups_table,
     load_from_args,
     write_outputs,
@@ -232,6 +234,29 @@ def _label_issue_section(
     return "".join(parts)
 
 
+def paper_table_section(table: paper_table.PaperTable) -> str:
+    """The "Paper table" section of a paper grid: `analysis.paper_table`'s table as HTML."""
+    frame = paper_table.display_frame(table)
+    statuses = table.rows["status"].tolist()
+
+    def row_class(row) -> str:
+        status = statuses[row.name]
+        return "bad" if "failed" in status or "incomplete" in status else ""
+
+    parts = [
+        '<section id="paper-table"><h2>Paper table</h2>',
+        f"<p>{_esc(paper_table.headline(table))}</p>",
+        html_table(frame, row_class=row_class),
+        f'<p class="meta">{_esc(paper_table.EXPLANATION)}</p>',
+    ]
+    if table.notes:
+        parts.append("<h3>Notes (what is not averaged, and why)</h3><ul>")
+        parts += [f"<li><b>{_esc(c)}</b>: {_esc(n)}</li>" for c, n in table.notes.items()]
+        parts.append("</ul>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
 def render_html(
     comparison: Comparison,
     plot_paths: dict[str, Path],
@@ -240,11 +265,14 @@ def render_html(
     sample_row=None,
     sample_frame=None,
     top_k: int = 20,
+    paper: paper_table.PaperTable | None = None,
 ) -> str:
+    """The page. `paper`: a paper grid's table (`analysis.paper_table.paper_table`), shown as
+    the "Paper table" section after the summary."""
     c = comparison
     sweep: Sweep = c.sweep
     ranked = c.ranked
-    top = ranked.iloc[0]
+    top = c.top_trial()
     corr = c.correlation
     statuses = ranked["outcome"].value_counts().to_dict()
     body = [
@@ -293,6 +321,8 @@ def render_html(
             f"accuracies (have {corr['n']}).</p>"
         )
     body.append("</section>")
+    if paper is not None:  # a paper grid: its results table comes first
+        body.append(paper_table_section(paper))
 
     def row_class(row):
         if row["run_id"] == top["run_id"]:
@@ -309,8 +339,9 @@ def render_html(
     ]
     if c.groups is not None:
         body.append(
-            f"<p>Mean ± sample std per {_esc(', '.join(c.group_by))}, over the trials that ran "
-            "to the end (failed or early-stopped ones would skew it).</p>"
+            f"<p>Mean ± sample std (ddof=1) per {_esc(grouping_label(c.group_by))}, over the "
+            "trials that ran to the end; failed, running or early-stopped ones would skew it and "
+            "are named under <i>not averaged</i>.</p>"
         )
         body.append(html_table(groups_table(c.groups, c.group_by)))
     else:
@@ -353,6 +384,9 @@ def build_report(
     out = Path(out_dir)
     comparison = compare(sweep, group_by=group_by)
     write_outputs(comparison, out)
+    paper = paper_table.paper_table(sweep) if sweep.is_grid else None
+    if paper is not None:
+        paper_table.write_outputs(paper, out)
     sample_row, sample_frame = plots.sample_table_for(comparison.sweep, trial_id)
     thr = plots.trial_p_threshold(sample_row)
     title = ""
@@ -362,7 +396,13 @@ def build_report(
         sweep, out / "plots", sample_frame=sample_frame, sample_title=title, p_threshold=thr
     )
     page = render_html(
-        comparison, paths, notes, sample_row=sample_row, sample_frame=sample_frame, top_k=top_k
+        comparison,
+        paths,
+        notes,
+        sample_row=sample_row,
+        sample_frame=sample_frame,
+        top_k=top_k,
+        paper=paper,
     )
     html_path = out / "report.html"
     html_path.write_text(page, encoding="utf-8")
