@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,7 @@ def compare(
 def display_columns(comparison: Comparison) -> list[str]:
     ranked = comparison.ranked
     searched = [p for p in comparison.sweep.searched if p in ranked]
-    ids = ["config_id"] if "config_id" in ranked and ranked["config_id"].notna().any() else []
+    ids = [c for c in ("cell", "config_id") if c in ranked and ranked[c].notna().any()]
     cols = ["rank", "trial_id", *ids, *searched, *METRIC_COLUMNS]
     return [c for c in cols if c in ranked]
 
@@ -141,6 +142,8 @@ def grouping_label(keys: list[str]) -> str:
     """What a group is, for headings: `configuration (dmx.config_id)` or the params' names."""
     if keys and keys[0] == "config_id":
         return "configuration (dmx.config_id)"
+    if keys == ["cell"]:
+        return "cell of the paper grid (dmx.cell)"
     return ", ".join(keys)
 
 
@@ -154,9 +157,14 @@ def display_headers(comparison: Comparison) -> dict[str, str]:
 
 
 def markdown_table(
-    frame: pd.DataFrame, columns: list[str] | None = None, headers: dict[str, str] | None = None
+    frame: pd.DataFrame,
+    columns: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    right: Sequence[str] = (),
 ) -> str:
-    """A GitHub-flavoured markdown table (numbers right-aligned) without extra dependencies."""
+    """A GitHub-flavoured markdown table (numbers, and the columns `right`, right-aligned)
+    without extra dependencies."""
     columns = list(frame.columns) if columns is None else columns
     headers = headers or {}
     cells = [
@@ -165,7 +173,8 @@ def markdown_table(
     ]
     names = [headers.get(c, c) for c in columns]
     numeric = [
-        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+        c in right
+        or (pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]))
         for c in columns
     ]
     widths = [max([len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]

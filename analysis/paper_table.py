@@ -40,19 +40,19 @@ import pandas as pd
 
 from analysis.compare import add_sweep_arguments, markdown_table
 from analysis.runs import (
+    ACTIVE_STATUSES,
+    EPOCHS_PARAM,
     Sweep,
     format_mean_std,
     load_sweep,
     not_counted_text,
+    ran_to_the_end,
     seed_label,
 )
 from dmx.paper import PAPER_RESULTS, paper_result
 
 GRID_CELLS_TAG = "dmx.grid_cells"
 GRID_SEEDS_TAG = "dmx.grid_seeds"
-EPOCHS_PARAM = "run.epochs"
-ACTIVE = ("RUNNING", "SCHEDULED")
-"""MLflow statuses of a run that has not ended."""
 STATUS_WORDS = ("done", "running", "failed", "incomplete", "not started")
 """A cell's status: done (every seed finished every epoch), else the comma-joined words that
 apply: running (a seed runs, or fewer seeds have runs than the grid's dmx.grid_seeds), failed (a
@@ -170,20 +170,6 @@ def _is_missing(value) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-def _seed_text(row: pd.Series) -> str:
-    """Why one seed run is not averaged (or "" when it is)."""
-    planned = row["epochs_planned"]
-    of = "" if _is_missing(planned) else f" of {int(planned)}"
-    done = 0 if _is_missing(row["epochs"]) else int(row["epochs"])
-    if row["status"] in ACTIVE:
-        return f"{seed_label(row)} running ({done}{of} epochs done)"
-    if row["status"] != "FINISHED":
-        return not_counted_text(row)
-    if not row["complete"]:
-        return f"{seed_label(row)} incomplete: finished after {done}{of} epochs"
-    return ""
-
-
 def _seed_table(sweep: Sweep) -> pd.DataFrame:
     """One row per (cell, seed): the latest started run of each (an older attempt of the same
     seed is superseded), its status, completeness and every measure of its cell's kind."""
@@ -199,14 +185,17 @@ def _seed_table(sweep: Sweep) -> pd.DataFrame:
         {s for ms in MEASURES.values() for m in ms for s in m.source if ":" not in s}
     )
     last = last_values(sweep.history, metric_names)
-    planned = trials[EPOCHS_PARAM] if EPOCHS_PARAM in trials else pd.Series(pd.NA, trials.index)
-    trials["epochs_planned"] = planned.astype("Int64")
-    trials["complete"] = [
-        _is_missing(p) or (not _is_missing(e) and int(e) >= int(p))
-        for e, p in zip(trials["epochs"], trials["epochs_planned"], strict=True)
+    if EPOCHS_PARAM not in trials:
+        trials[EPOCHS_PARAM] = pd.NA
+    trials["epochs_planned"] = trials[EPOCHS_PARAM].astype("Int64")
+    trials["counted"] = ran_to_the_end(trials)
+    trials["complete"] = trials["counted"] | (
+        (trials["status"] != "FINISHED") | trials["stopped_early"].astype(bool)
+    )  # false only for a run that FINISHED before its last epoch
+    trials["not_counted"] = [
+        "" if counted else not_counted_text(row)
+        for counted, (_, row) in zip(trials["counted"], trials.iterrows(), strict=True)
     ]
-    trials["counted"] = (trials["status"] == "FINISHED") & trials["complete"].astype(bool)
-    trials["not_counted"] = [_seed_text(row) for _, row in trials.iterrows()]
     dataset = trials["data.dataset"] if "data.dataset" in trials else pd.Series(None, trials.index)
     trials["kind"] = [cell_kind(c, d) for c, d in zip(trials["cell"], dataset, strict=True)]
     for key in MEASURE_KEYS:
@@ -251,7 +240,7 @@ def paper_table(sweep: Sweep) -> PaperTable:
         flags = []
         if runs.empty:
             flags.append("not started")
-        elif (runs["status"].isin(ACTIVE)).any() or (expected and len(runs) < expected):
+        elif (runs["status"].isin(ACTIVE_STATUSES)).any() or (expected and len(runs) < expected):
             flags.append("running")
         if (runs["status"].isin(("FAILED", "KILLED"))).any():
             flags.append("failed")
@@ -315,6 +304,10 @@ def paper_table(sweep: Sweep) -> PaperTable:
     )
 
 
+RIGHT_ALIGNED = ("dmx (mean ± std)", "n", "paper", "Δ")
+"""Columns of `display_frame` that hold numbers (as text): right-aligned in both renderings."""
+
+
 def display_frame(table: PaperTable) -> pd.DataFrame:
     """The table as printed (strings): cell, number, dmx mean ± std, n, paper, Δ, status,
     source. The cell and its status and source are shown on its first row only."""
@@ -370,7 +363,7 @@ def format_markdown(table: PaperTable) -> str:
         "",
         headline(table),
         "",
-        markdown_table(display_frame(table)),
+        markdown_table(display_frame(table), right=RIGHT_ALIGNED),
         "",
         EXPLANATION,
     ]

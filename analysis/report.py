@@ -111,13 +111,16 @@ def html_table(
     *,
     row_class=None,
     images: list[str] | None = None,
+    right: tuple[str, ...] = (),
 ) -> str:
-    """A plain HTML table; numeric cells right-aligned; `row_class(row) -> str` styles rows;
-    `images`: one ready HTML cell content per row, shown as a first column "image"."""
+    """A plain HTML table; numeric cells (and the columns `right`) right-aligned;
+    `row_class(row) -> str` styles rows; `images`: one ready HTML cell content per row, shown
+    as a first column "image"."""
     columns = list(frame.columns) if columns is None else columns
     headers = headers or {}
     numeric = {
-        c: pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+        c: c in right
+        or (pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]))
         for c in columns
     }
     head = "<th>image</th>" if images is not None else ""
@@ -246,7 +249,7 @@ def paper_table_section(table: paper_table.PaperTable) -> str:
     parts = [
         '<section id="paper-table"><h2>Paper table</h2>',
         f"<p>{_esc(paper_table.headline(table))}</p>",
-        html_table(frame, row_class=row_class),
+        html_table(frame, row_class=row_class, right=paper_table.RIGHT_ALIGNED),
         f'<p class="meta">{_esc(paper_table.EXPLANATION)}</p>',
     ]
     if table.notes:
@@ -257,31 +260,11 @@ def paper_table_section(table: paper_table.PaperTable) -> str:
     return "".join(parts)
 
 
-def render_html(
-    comparison: Comparison,
-    plot_paths: dict[str, Path],
-    notes: dict[str, str],
-    *,
-    sample_row=None,
-    sample_frame=None,
-    top_k: int = 20,
-    paper: paper_table.PaperTable | None = None,
-) -> str:
-    """The page. `paper`: a paper grid's table (`analysis.paper_table.paper_table`), shown as
-    the "Paper table" section after the summary."""
-    c = comparison
-    sweep: Sweep = c.sweep
+def _search_summary(c: Comparison, top: pd.Series, corr: dict) -> list[str]:
+    """The summary of a search: best objective, best setting, does the objective pick the test
+    winner."""
     ranked = c.ranked
-    top = c.top_trial()
-    corr = c.correlation
-    statuses = ranked["outcome"].value_counts().to_dict()
     body = [
-        f"<header><h1>Sweep report: {_esc(sweep.experiment)}</h1>",
-        f'<p class="meta">MLflow {_esc(sweep.tracking_uri)} · experiment id '
-        f"{_esc(sweep.experiment_id)} · generated {_esc(time.strftime('%Y-%m-%d %H:%M'))}</p>"
-        "</header>",
-        '<section id="summary"><h2>Summary</h2><div class="cards">',
-        _card(str(len(ranked)), "trials: " + ", ".join(f"{v} {k}" for k, v in statuses.items())),
         _card(_pct(top[c.rank_by]), f"best objective ({c.rank_by})"),
         _card(_pct(top["test_acc_final"]), "its final test accuracy"),
         _card(_pct(ranked["test_acc_best"].max()), "best test accuracy, any trial"),
@@ -320,6 +303,50 @@ def render_html(
             f'<p class="note">Rank correlation needs at least 3 trials with both '
             f"accuracies (have {corr['n']}).</p>"
         )
+    return body
+
+
+def render_html(
+    comparison: Comparison,
+    plot_paths: dict[str, Path],
+    notes: dict[str, str],
+    *,
+    sample_row=None,
+    sample_frame=None,
+    top_k: int = 20,
+    paper: paper_table.PaperTable | None = None,
+) -> str:
+    """The page. `paper`: a paper grid's table (`analysis.paper_table.paper_table`), shown as
+    the "Paper table" section after the summary."""
+    c = comparison
+    sweep: Sweep = c.sweep
+    ranked = c.ranked
+    top = c.top_trial()
+    corr = c.correlation
+    statuses = ranked["outcome"].value_counts().to_dict()
+    title = "Paper grid report" if paper is not None else "Sweep report"
+    body = [
+        f"<header><h1>{title}: {_esc(sweep.experiment)}</h1>",
+        f'<p class="meta">MLflow {_esc(sweep.tracking_uri)} · experiment id '
+        f"{_esc(sweep.experiment_id)} · generated {_esc(time.strftime('%Y-%m-%d %H:%M'))}</p>"
+        "</header>",
+        '<section id="summary"><h2>Summary</h2><div class="cards">',
+        _card(str(len(ranked)), "trials: " + ", ".join(f"{v} {k}" for k, v in statuses.items())),
+    ]
+    if paper is not None:  # a grid searches nothing: its result is the paper table below
+        counts = paper.status_counts()
+        body += [
+            _card(
+                f"{len(paper.cells)}", "cells: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+            ),
+            _card(
+                str(int(paper.seeds["counted"].sum())), "seed runs averaged (finished every epoch)"
+            ),
+            _card(_pct(ranked["test_acc_best"].max()), "best test accuracy, any trial"),
+            "</div>",
+        ]
+    else:
+        body += _search_summary(c, top, corr)
     body.append("</section>")
     if paper is not None:  # a paper grid: its results table comes first
         body.append(paper_table_section(paper))

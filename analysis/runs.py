@@ -404,30 +404,54 @@ def objective_test_correlation(
     return out
 
 
+EPOCHS_PARAM = "run.epochs"
+ACTIVE_STATUSES = ("RUNNING", "SCHEDULED")
+"""MLflow statuses of a run that has not ended."""
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _all_epochs(row: pd.Series) -> bool:
+    """The run logged every epoch of its `run.epochs` (true when that param is unknown)."""
+    planned, done = row.get(EPOCHS_PARAM), row.get("epochs")
+    return _missing(planned) or (not _missing(done) and int(done) >= int(planned))
+
+
 def ran_to_the_end(trials: pd.DataFrame) -> pd.Series:
-    """Per trial: FINISHED and not stopped early by ASHA (a failed, killed, running or stopped
-    trial ended mid-way: its final numbers would skew a mean)."""
-    return (trials["status"] == "FINISHED") & ~trials["stopped_early"].astype(bool)
+    """Per trial: FINISHED, not stopped early by ASHA, and every epoch of `run.epochs` logged. A
+    failed, killed, running, stopped or incomplete trial ended mid-way: its final numbers would
+    skew a mean."""
+    complete = pd.Series([_all_epochs(row) for _, row in trials.iterrows()], index=trials.index)
+    finished = (trials["status"] == "FINISHED") & ~trials["stopped_early"].astype(bool)
+    return finished & complete.astype(bool)
 
 
 def seed_label(row: pd.Series) -> str:
     """`seed 3` (the dmx.seed tag, else run.seed), else `trial t6`."""
     seed = row.get("seed")
-    if seed is None or seed is pd.NA or (isinstance(seed, float) and math.isnan(seed)):
+    if _missing(seed):
         seed = row.get(SEED_PARAM)
-    if seed is None or seed is pd.NA or (isinstance(seed, float) and math.isnan(seed)):
-        return f"trial {row.get('trial_id')}"
-    return f"seed {seed}"
+    return f"trial {row.get('trial_id')}" if _missing(seed) else f"seed {seed}"
 
 
 def not_counted_text(row: pd.Series) -> str:
-    """Why a trial is left out of a mean: `seed 124 FAILED: reason`, `seed 2 running`,
-    `seed 5 stopped early (ASHA)`."""
+    """Why a trial is left out of a mean: `seed 124 FAILED: reason`, `seed 2 running (6 of 12
+    epochs done)`, `seed 5 stopped early (ASHA)`, `seed 7 incomplete: finished after 8 of 12
+    epochs`."""
     status = str(row.get("status", ""))
     label = seed_label(row)
+    planned, done = row.get(EPOCHS_PARAM), row.get("epochs")
+    of = "" if _missing(planned) else f" of {int(planned)}"
+    done = 0 if _missing(done) else int(done)
     if status in ("FAILED", "KILLED"):
         reason = row.get("failure_reason")
         return f"{label} {status}" + (f": {reason}" if isinstance(reason, str) and reason else "")
+    if status in ACTIVE_STATUSES:
+        return f"{label} running ({done}{of} epochs done)"
+    if status == "FINISHED" and not row.get("stopped_early") and not _all_epochs(row):
+        return f"{label} incomplete: finished after {done}{of} epochs"
     return f"{label} {row.get('outcome') or status.lower()}"
 
 
@@ -453,6 +477,9 @@ def group_summary(
     cols = [c for c in columns if c in trials]
     keys = list(by)
     mask = pd.Series(True, index=trials.index) if counted is None else counted.astype(bool)
+    if "seed" in trials:  # name left-out trials in seed order
+        trials = trials.sort_values("seed", kind="stable", na_position="last")
+        mask = mask.reindex(trials.index)
     frame = trials[cols].where(mask, np.nan)  # left-out trials: nan, which mean / std skip
     frame[keys] = trials[keys]
     frame["_n"] = mask.astype(int)
@@ -476,6 +503,7 @@ def group_summary(
 def default_grouping(sweep: Sweep) -> list[str]:
     """How a sweep's trials group into configurations, or [] (nothing repeats).
 
+    - A paper grid's trials (tagged `dmx.cell`): by `cell`, one group per cell over its seeds.
     - Trials tagged `dmx.config_id` (a configuration run with N seeds by Ray Tune's Repeater):
       by `config_id`, plus the searched params other than the seed that are constant within
       every configuration (so the table names each configuration's setting).
@@ -483,6 +511,8 @@ def default_grouping(sweep: Sweep) -> list[str]:
       seed."""
     rest = [p for p in sweep.searched if p != SEED_PARAM]
     trials = sweep.trials
+    if trials["cell"].notna().any():
+        return ["cell"]
     if "config_id" in trials and trials["config_id"].notna().any():
         per_config = trials.groupby("config_id", dropna=False)
         constant = [p for p in rest if (per_config[p].nunique(dropna=False) <= 1).all()]
@@ -545,7 +575,9 @@ def to_json(obj: Any) -> str:
 
 
 __all__ = [
+    "ACTIVE_STATUSES",
     "CONFIG_ID_TAG",
+    "EPOCHS_PARAM",
     "GRID_TAG",
     "IDENTITY_COLUMNS",
     "MIN_TRIALS_FOR_CORRELATION",

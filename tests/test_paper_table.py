@@ -293,7 +293,7 @@ def test_markdown_output_and_files(store, tmp_path, capsys):
     )
     line = next(line for line in lines if line.startswith("| cifar10-sym-0.5"))
     assert f"{row['mean']:.2f} ± {row['std']:.2f}" in line and "2 of 2" in line
-    assert "| 94.6 " in line and f"{row['diff']:+.2f}" in line and "Table 1, row DivideMix" in line
+    assert " 94.6 |" in line and f"{row['diff']:+.2f}" in line and "Table 1, row DivideMix" in line
     assert f"- cifar10-asym-0.4: n=1 of 2, seed 124 FAILED: {FAIL_REASON}" in md
     assert "- cifar10-sym-0.2: not started (no run yet)" in md
     csv = pd.read_csv(tmp_path / "paper_table.csv")
@@ -336,7 +336,7 @@ def test_clothing1m_and_webvision_read_their_own_metrics(store):
         assert row["paper"] == getattr(wv, measure) and row["paper_source"] == wv.source
         assert row["diff"] == pytest.approx(statistics.mean(values) - getattr(wv, measure))
     md = paper_table.format_markdown(table)
-    assert "| 74.76 " in md and "| 90.84 " in md and "ILSVRC12 top-5" in md
+    assert " 74.76 |" in md and " 90.84 |" in md and "ILSVRC12 top-5" in md
 
 
 def test_html_report_has_the_paper_table_section(store, tmp_path):
@@ -388,6 +388,23 @@ def test_compare_groups_repeater_seeds_by_config_id(store, tmp_path, capsys):
     g2 = groups.loc["c2"]
     mean_std = f"{g2['val_acc_final_mean']:.2f} ± {g2['val_acc_final_std']:.2f}"
     assert mean_std in out
+
+
+def test_compare_groups_a_grid_by_cell_with_the_same_exclusions(store):
+    """compare (and the report's seeds section) on a grid: one group per cell, and what it
+    leaves out agrees with the paper table (an incomplete seed is not "ran to the end")."""
+    comparison = compare_cli.compare(load_sweep(GRID, tracking_uri=store["uri"]))
+    assert comparison.group_by == ["cell"]
+    groups = comparison.groups.set_index("cell")
+    table = paper_table.load_paper_table(GRID, tracking_uri=store["uri"])
+    for cell in groups.index:
+        assert groups.loc[cell, "n"] == _row(table, cell, "best")["n"], cell
+    assert groups.loc["cifar10-sym-0.9", "not_counted"] == (
+        "seed 123 running (6 of 12 epochs done); seed 124 incomplete: finished after 8 of 12 epochs"
+    )
+    last10 = groups.loc["cifar10-sym-0.5", "test_acc_last10_mean"]
+    assert last10 == pytest.approx(_row(table, "cifar10-sym-0.5", "last")["mean"])
+    assert "cell" in compare_cli.display_columns(comparison)
 
 
 def test_script_path_and_module_both_run(store, tmp_path):
