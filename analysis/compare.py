@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from analysis.runs import (
     group_summary,
     load_sweep,
     objective_test_correlation,
+    ran_to_the_end,
     rank_trials,
     to_json,
 )
@@ -77,8 +79,16 @@ class Comparison:
     group_by: list[str] = field(default_factory=list)
     groups: pd.DataFrame | None = None
 
+    def top_trial(self) -> pd.Series | None:
+        """The best-ranked trial that ran to the end (else the best-ranked one): a failed seed
+        whose last logged objective happens to be high is not "the best trial"."""
+        if self.ranked.empty:
+            return None
+        done = self.ranked[ran_to_the_end(self.ranked)]
+        return (done if len(done) else self.ranked).iloc[0]
+
     def summary(self) -> dict[str, Any]:
-        top = self.ranked.iloc[0] if len(self.ranked) else None
+        top = self.top_trial()
         return {
             "experiment": self.sweep.experiment,
             "tracking_uri": self.sweep.tracking_uri,
@@ -103,9 +113,12 @@ def compare(
     ranked = rank_trials(sweep.trials.drop(columns="rank", errors="ignore"), by=rank_by)
     keys = list(group_by) if group_by else default_grouping(sweep)
     columns = [rank_by, *(m for m in GROUP_METRICS if m != rank_by)]
-    # Failed or ASHA-stopped trials ended mid-way: their final numbers would skew the mean.
-    finished = ranked[(ranked["status"] == "FINISHED") & ~ranked["stopped_early"]]
-    groups = group_summary(finished, keys, columns=columns) if keys and len(finished) else None
+    # Failed, running or ASHA-stopped trials ended mid-way: their final numbers would skew the
+    # mean, so they are counted out and named per group (`not_counted`), never averaged in.
+    counted = ran_to_the_end(ranked)
+    groups = None
+    if keys and counted.any():
+        groups = group_summary(ranked, keys, columns=columns, counted=counted)
     return Comparison(
         sweep=sweep,
         ranked=ranked,
@@ -118,9 +131,20 @@ def compare(
 
 
 def display_columns(comparison: Comparison) -> list[str]:
-    searched = [p for p in comparison.sweep.searched if p in comparison.ranked]
-    cols = ["rank", "trial_id", *searched, *METRIC_COLUMNS]
-    return [c for c in cols if c in comparison.ranked]
+    ranked = comparison.ranked
+    searched = [p for p in comparison.sweep.searched if p in ranked]
+    ids = [c for c in ("cell", "config_id") if c in ranked and ranked[c].notna().any()]
+    cols = ["rank", "trial_id", *ids, *searched, *METRIC_COLUMNS]
+    return [c for c in cols if c in ranked]
+
+
+def grouping_label(keys: list[str]) -> str:
+    """What a group is, for headings: `configuration (dmx.config_id)` or the params' names."""
+    if keys and keys[0] == "config_id":
+        return "configuration (dmx.config_id)"
+    if keys == ["cell"]:
+        return "cell of the paper grid (dmx.cell)"
+    return ", ".join(keys)
 
 
 def display_headers(comparison: Comparison) -> dict[str, str]:
@@ -133,9 +157,14 @@ def display_headers(comparison: Comparison) -> dict[str, str]:
 
 
 def markdown_table(
-    frame: pd.DataFrame, columns: list[str] | None = None, headers: dict[str, str] | None = None
+    frame: pd.DataFrame,
+    columns: list[str] | None = None,
+    headers: dict[str, str] | None = None,
+    *,
+    right: Sequence[str] = (),
 ) -> str:
-    """A GitHub-flavoured markdown table (numbers right-aligned) without extra dependencies."""
+    """A GitHub-flavoured markdown table (numbers, and the columns `right`, right-aligned)
+    without extra dependencies."""
     columns = list(frame.columns) if columns is None else columns
     headers = headers or {}
     cells = [
@@ -144,7 +173,8 @@ def markdown_table(
     ]
     names = [headers.get(c, c) for c in columns]
     numeric = [
-        pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+        c in right
+        or (pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]))
         for c in columns
     ]
     widths = [max([len(n), *(len(r[i]) for r in cells)]) for i, n in enumerate(names)]
@@ -180,6 +210,9 @@ def groups_table(groups: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             format_mean_std(a, b) for a, b in zip(mean, std, strict=True)
         ]
     out["n"] = groups["n"]
+    if "runs" in groups:
+        out["runs"] = groups["runs"]
+        out["not averaged"] = groups["not_counted"]
     return out
 
 
@@ -187,7 +220,7 @@ def best_text(c: Comparison) -> str:
     """One sentence naming the setting to use and the evidence for it."""
     setting = ", ".join(f"{k}={format_cell(k, v)}" for k, v in c.best.items())
     setting = setting or "no parameter was searched"
-    top = c.ranked.iloc[0]
+    top = c.top_trial()
     single = (
         f"trial {top['trial_id']}: {c.rank_by} {format_value(top[c.rank_by]) or 'n/a'}, "
         f"test acc {format_value(top['test_acc_final']) or 'n/a'}%"
@@ -234,7 +267,8 @@ def format_text(comparison: Comparison) -> str:
     if c.groups is not None:
         lines += [
             "",
-            f"## Mean ± std per {', '.join(c.group_by)} (trials that ran to the end)",
+            f"## Mean ± std per {grouping_label(c.group_by)} (trials that ran to the end; "
+            "sample std, ddof=1)",
             "",
             markdown_table(groups_table(c.groups, c.group_by)),
         ]

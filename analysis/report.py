@@ -5,7 +5,8 @@
 
 Writes DIR/report.html (plots as base64 PNG data URIs, CSS inline, no scripts) plus the PNGs and
 the compare.py tables beside it. Sections: summary and best setting, does the objective pick the
-test winner, ranked trials, mean ± std per setting, plots, and for the best trial that logged
+test winner, ranked trials, mean ± std per configuration, for a paper grid the paper table
+(`analysis.paper_table`, with its paper_table.* files), plots, and for the best trial that logged
 clean_probs.parquet: its per-sample loss histogram and the top suspected label errors.
 With --log-to-mlflow the plots and the page go under `plots/` of the sweep's parent run (of the
 best trial when the experiment has no sweep run), where the MLflow UI shows them.
@@ -23,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis import plots
+from analysis import paper_table, plots
 from analysis.compare import (
     Comparison,
     add_sweep_arguments,
@@ -31,6 +32,7 @@ from analysis.compare import (
     compare,
     display_columns,
     display_headers,
+    grouping_label,
     groups_table,
     load_from_args,
     write_outputs,
@@ -109,13 +111,16 @@ def html_table(
     *,
     row_class=None,
     images: list[str] | None = None,
+    right: tuple[str, ...] = (),
 ) -> str:
-    """A plain HTML table; numeric cells right-aligned; `row_class(row) -> str` styles rows;
-    `images`: one ready HTML cell content per row, shown as a first column "image"."""
+    """A plain HTML table; numeric cells (and the columns `right`) right-aligned;
+    `row_class(row) -> str` styles rows; `images`: one ready HTML cell content per row, shown
+    as a first column "image"."""
     columns = list(frame.columns) if columns is None else columns
     headers = headers or {}
     numeric = {
-        c: pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+        c: c in right
+        or (pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c]))
         for c in columns
     }
     head = "<th>image</th>" if images is not None else ""
@@ -232,28 +237,34 @@ def _label_issue_section(
     return "".join(parts)
 
 
-def render_html(
-    comparison: Comparison,
-    plot_paths: dict[str, Path],
-    notes: dict[str, str],
-    *,
-    sample_row=None,
-    sample_frame=None,
-    top_k: int = 20,
-) -> str:
-    c = comparison
-    sweep: Sweep = c.sweep
+def paper_table_section(table: paper_table.PaperTable) -> str:
+    """The "Paper table" section of a paper grid: `analysis.paper_table`'s table as HTML."""
+    frame = paper_table.display_frame(table)
+    statuses = table.rows["status"].tolist()
+
+    def row_class(row) -> str:
+        status = statuses[row.name]
+        return "bad" if "failed" in status or "incomplete" in status else ""
+
+    parts = [
+        '<section id="paper-table"><h2>Paper table</h2>',
+        f"<p>{_esc(paper_table.headline(table))}</p>",
+        html_table(frame, row_class=row_class, right=paper_table.RIGHT_ALIGNED),
+        f'<p class="meta">{_esc(paper_table.EXPLANATION)}</p>',
+    ]
+    if table.notes:
+        parts.append("<h3>Notes (what is not averaged, and why)</h3><ul>")
+        parts += [f"<li><b>{_esc(c)}</b>: {_esc(n)}</li>" for c, n in table.notes.items()]
+        parts.append("</ul>")
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _search_summary(c: Comparison, top: pd.Series, corr: dict) -> list[str]:
+    """The summary of a search: best objective, best setting, does the objective pick the test
+    winner."""
     ranked = c.ranked
-    top = ranked.iloc[0]
-    corr = c.correlation
-    statuses = ranked["outcome"].value_counts().to_dict()
     body = [
-        f"<header><h1>Sweep report: {_esc(sweep.experiment)}</h1>",
-        f'<p class="meta">MLflow {_esc(sweep.tracking_uri)} · experiment id '
-        f"{_esc(sweep.experiment_id)} · generated {_esc(time.strftime('%Y-%m-%d %H:%M'))}</p>"
-        "</header>",
-        '<section id="summary"><h2>Summary</h2><div class="cards">',
-        _card(str(len(ranked)), "trials: " + ", ".join(f"{v} {k}" for k, v in statuses.items())),
         _card(_pct(top[c.rank_by]), f"best objective ({c.rank_by})"),
         _card(_pct(top["test_acc_final"]), "its final test accuracy"),
         _card(_pct(ranked["test_acc_best"].max()), "best test accuracy, any trial"),
@@ -292,7 +303,53 @@ def render_html(
             f'<p class="note">Rank correlation needs at least 3 trials with both '
             f"accuracies (have {corr['n']}).</p>"
         )
+    return body
+
+
+def render_html(
+    comparison: Comparison,
+    plot_paths: dict[str, Path],
+    notes: dict[str, str],
+    *,
+    sample_row=None,
+    sample_frame=None,
+    top_k: int = 20,
+    paper: paper_table.PaperTable | None = None,
+) -> str:
+    """The page. `paper`: a paper grid's table (`analysis.paper_table.paper_table`), shown as
+    the "Paper table" section after the summary."""
+    c = comparison
+    sweep: Sweep = c.sweep
+    ranked = c.ranked
+    top = c.top_trial()
+    corr = c.correlation
+    statuses = ranked["outcome"].value_counts().to_dict()
+    title = "Paper grid report" if paper is not None else "Sweep report"
+    body = [
+        f"<header><h1>{title}: {_esc(sweep.experiment)}</h1>",
+        f'<p class="meta">MLflow {_esc(sweep.tracking_uri)} · experiment id '
+        f"{_esc(sweep.experiment_id)} · generated {_esc(time.strftime('%Y-%m-%d %H:%M'))}</p>"
+        "</header>",
+        '<section id="summary"><h2>Summary</h2><div class="cards">',
+        _card(str(len(ranked)), "trials: " + ", ".join(f"{v} {k}" for k, v in statuses.items())),
+    ]
+    if paper is not None:  # a grid searches nothing: its result is the paper table below
+        counts = paper.status_counts()
+        body += [
+            _card(
+                f"{len(paper.cells)}", "cells: " + ", ".join(f"{v} {k}" for k, v in counts.items())
+            ),
+            _card(
+                str(int(paper.seeds["counted"].sum())), "seed runs averaged (finished every epoch)"
+            ),
+            _card(_pct(ranked["test_acc_best"].max()), "best test accuracy, any trial"),
+            "</div>",
+        ]
+    else:
+        body += _search_summary(c, top, corr)
     body.append("</section>")
+    if paper is not None:  # a paper grid: its results table comes first
+        body.append(paper_table_section(paper))
 
     def row_class(row):
         if row["run_id"] == top["run_id"]:
@@ -309,8 +366,9 @@ def render_html(
     ]
     if c.groups is not None:
         body.append(
-            f"<p>Mean ± sample std per {_esc(', '.join(c.group_by))}, over the trials that ran "
-            "to the end (failed or early-stopped ones would skew it).</p>"
+            f"<p>Mean ± sample std (ddof=1) per {_esc(grouping_label(c.group_by))}, over the "
+            "trials that ran to the end; failed, running or early-stopped ones would skew it and "
+            "are named under <i>not averaged</i>.</p>"
         )
         body.append(html_table(groups_table(c.groups, c.group_by)))
     else:
@@ -353,6 +411,9 @@ def build_report(
     out = Path(out_dir)
     comparison = compare(sweep, group_by=group_by)
     write_outputs(comparison, out)
+    paper = paper_table.paper_table(sweep) if sweep.is_grid else None
+    if paper is not None:
+        paper_table.write_outputs(paper, out)
     sample_row, sample_frame = plots.sample_table_for(comparison.sweep, trial_id)
     thr = plots.trial_p_threshold(sample_row)
     title = ""
@@ -362,7 +423,13 @@ def build_report(
         sweep, out / "plots", sample_frame=sample_frame, sample_title=title, p_threshold=thr
     )
     page = render_html(
-        comparison, paths, notes, sample_row=sample_row, sample_frame=sample_frame, top_k=top_k
+        comparison,
+        paths,
+        notes,
+        sample_row=sample_row,
+        sample_frame=sample_frame,
+        top_k=top_k,
+        paper=paper,
     )
     html_path = out / "report.html"
     html_path.write_text(page, encoding="utf-8")

@@ -27,10 +27,15 @@ import pandas as pd
 from mlflow import MlflowClient
 
 from dmx.tracking import (
+    CELL_TAG,
+    CONFIG_TAG,
+    FAILURE_TAG,
+    GRID_TAG,
     PARENT_TAG,
     POINT_ELSEWHERE,
     PRESET_TAG,
     ROLE_TAG,
+    SEED_TAG,
     STOPPED_TAG,
     TRIAL_TAG,
     read_client,
@@ -41,6 +46,23 @@ MIN_TRIALS_FOR_CORRELATION = 10
 OBJECTIVE = "val_acc_final"
 """The sweep objective column: noisy-validation accuracy (%) at the trial's last epoch."""
 SEED_PARAM = "run.seed"
+IDENTITY_COLUMNS = [
+    "run_id",
+    "trial_id",
+    "run_name",
+    "role",
+    "status",
+    "failure_reason",
+    "parent_run_id",
+    "preset",
+    "cell",
+    "seed",
+    "config_id",
+    "stopped_early",
+    "start_time",
+]
+"""The columns of `Sweep.trials` that are not params or metric summaries (`outcome` and `rank`
+are added after `status` and in front)."""
 
 SUMMARY_COLUMNS = {
     "test_acc_final": "test accuracy (%) at the last epoch",
@@ -173,6 +195,14 @@ class Sweep:
     """Params that vary across trials (the search space, plus the seed when seeds repeat)."""
     parent_run_ids: list[str] = field(default_factory=list)
     """Runs tagged dmx.role=sweep in the experiment (where sweep-level plots are logged)."""
+    sweep_tags: dict[str, str] = field(default_factory=dict)
+    """Tags of the sweep run (the latest started one when there are several), e.g. dmx.grid."""
+
+    @property
+    def is_grid(self) -> bool:
+        """A paper grid (`sweeps/paper.py`): the sweep run says so, or trials carry a cell."""
+        tagged = self.sweep_tags.get(GRID_TAG, "").lower() == "true"
+        return tagged or bool(self.trials["cell"].notna().any())
 
 
 def _client(tracking_uri: str | None) -> tuple[MlflowClient, str]:
@@ -199,6 +229,7 @@ def load_sweep(
     parent_run_id: str | None = None,
     tracking_uri: str | None = None,
     metrics: Sequence[str] | None = None,
+    allow_empty: bool = False,
 ) -> Sweep:
     """Read every trial of an experiment (or of one sweep parent run) into a `Sweep`.
 
@@ -209,6 +240,8 @@ def load_sweep(
         tracking_uri: MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./mlflow.db); a
             store that does not exist is a FileNotFoundError, never created.
         metrics: metric keys whose per-epoch history to read (default: every logged metric).
+        allow_empty: return a `Sweep` with no trial rows (a sweep whose trials have not started)
+            instead of raising.
 
     Trial runs are every run that is not a sweep parent (dmx.role=trial, or =train for
     standalone runs logged into the same experiment). Raises LookupError when nothing is found.
@@ -228,13 +261,16 @@ def load_sweep(
                 f"{', '.join(names) or 'none'}. {POINT_ELSEWHERE}"
             )
     runs = _search_all(client, exp.experiment_id, "")
-    parents = [r.info.run_id for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
+    sweep_runs = [r for r in runs if r.data.tags.get(ROLE_TAG) == "sweep"]
+    parents = [r.info.run_id for r in sweep_runs]
     if parent_run_id is not None:
         runs = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent_run_id]
         parents = [parent_run_id]
+        sweep_runs = [parent]
     runs = [r for r in runs if r.data.tags.get(ROLE_TAG) != "sweep"]
-    if not runs:
+    if not runs and not allow_empty:
         raise LookupError(f"Experiment {exp.name!r} in the store {uri} holds no trial runs yet.")
+    latest = max(sweep_runs, key=lambda r: r.info.start_time or 0, default=None)
 
     hist_rows = []
     for run in runs:
@@ -252,6 +288,7 @@ def load_sweep(
     base = []
     for run in runs:
         tags = run.data.tags
+        seed = tags.get(SEED_TAG, run.data.params.get(SEED_PARAM))
         base.append(
             {
                 "run_id": run.info.run_id,
@@ -259,8 +296,12 @@ def load_sweep(
                 "run_name": run.info.run_name,
                 "role": tags.get(ROLE_TAG, ""),
                 "status": run.info.status,
+                "failure_reason": tags.get(FAILURE_TAG),
                 "parent_run_id": tags.get(PARENT_TAG),
                 "preset": tags.get(PRESET_TAG),
+                "cell": tags.get(CELL_TAG),  # a paper-grid trial's cell (its preset)
+                "seed": parse_param(seed) if seed is not None else None,
+                "config_id": tags.get(CONFIG_TAG),  # shared by a configuration's seeds
                 # ASHA-stopped trials end FINISHED but carry this tag (dmx.sweep)
                 "stopped_early": tags.get(STOPPED_TAG, "false") == "true",
                 "start_time": pd.to_datetime(run.info.start_time, unit="ms", utc=True),
@@ -269,10 +310,18 @@ def load_sweep(
                 **{k: parse_param(run.data.params.get(k)) for k in param_keys},
             }
         )
-    trials = pd.DataFrame(base)
+    # A param named like an identity column (the flat config's `preset`) is one column: the
+    # param's value, as the row dicts hold it.
+    columns = dict.fromkeys([*IDENTITY_COLUMNS, "_start_ms", "_end_ms", *param_keys])
+    trials = pd.DataFrame(base, columns=list(columns))
+    trials["seed"] = trials["seed"].astype("Int64")
     for key in param_keys:
         trials[key] = _typed_column(trials[key])
-    summary = summarize_history(history) if not history.empty else pd.DataFrame({"run_id": []})
+    summary = (
+        summarize_history(history)
+        if not history.empty
+        else pd.DataFrame({"run_id": pd.Series([], dtype=object)})
+    )
     trials = trials.merge(summary, on="run_id", how="left")
     for col in SUMMARY_COLUMNS:
         if col not in trials and col != "auc_net1_final":
@@ -281,7 +330,10 @@ def load_sweep(
     trials["wall_seconds"] = ((end - trials["_start_ms"]) / 1000.0).astype("float64")
     trials["epochs"] = trials["epochs"].astype("Int64")  # nullable: a run may hold no metric yet
     trials = trials.drop(columns=[c for c in trials if c.startswith("_")])
-    trials.insert(trials.columns.get_loc("status") + 1, "outcome", trials.apply(outcome, axis=1))
+    outcomes = [outcome(row) for _, row in trials.iterrows()]
+    trials.insert(
+        trials.columns.get_loc("status") + 1, "outcome", pd.Series(outcomes, dtype=object)
+    )
     trial_ids = trials.set_index("run_id")["trial_id"]
     history.insert(1, "trial_id", history["run_id"].map(trial_ids))
     return Sweep(
@@ -293,6 +345,7 @@ def load_sweep(
         params=param_keys,
         searched=varying_params(trials, param_keys),
         parent_run_ids=parents,
+        sweep_tags=dict(latest.data.tags) if latest is not None else {},
     )
 
 
@@ -351,22 +404,96 @@ def objective_test_correlation(
     return out
 
 
+EPOCHS_PARAM = "run.epochs"
+ACTIVE_STATUSES = ("RUNNING", "SCHEDULED")
+"""MLflow statuses of a run that has not ended."""
+
+
+def _missing(value: Any) -> bool:
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+
+
+def _all_epochs(row: pd.Series) -> bool:
+    """The run logged every epoch of its `run.epochs` (true when that param is unknown)."""
+    planned, done = row.get(EPOCHS_PARAM), row.get("epochs")
+    return _missing(planned) or (not _missing(done) and int(done) >= int(planned))
+
+
+def ran_to_the_end(trials: pd.DataFrame) -> pd.Series:
+    """Per trial: FINISHED, not stopped early by ASHA, and every epoch of `run.epochs` logged. A
+    failed, killed, running, stopped or incomplete trial ended mid-way: its final numbers would
+    skew a mean."""
+    complete = pd.Series([_all_epochs(row) for _, row in trials.iterrows()], index=trials.index)
+    finished = (trials["status"] == "FINISHED") & ~trials["stopped_early"].astype(bool)
+    return finished & complete.astype(bool)
+
+
+def seed_label(row: pd.Series) -> str:
+    """`seed 3` (the dmx.seed tag, else run.seed), else `trial t6`."""
+    seed = row.get("seed")
+    if _missing(seed):
+        seed = row.get(SEED_PARAM)
+    return f"trial {row.get('trial_id')}" if _missing(seed) else f"seed {seed}"
+
+
+def not_counted_text(row: pd.Series) -> str:
+    """Why a trial is left out of a mean: `seed 124 FAILED: reason`, `seed 2 running (6 of 12
+    epochs done)`, `seed 5 stopped early (ASHA)`, `seed 7 incomplete: finished after 8 of 12
+    epochs`."""
+    status = str(row.get("status", ""))
+    label = seed_label(row)
+    planned, done = row.get(EPOCHS_PARAM), row.get("epochs")
+    of = "" if _missing(planned) else f" of {int(planned)}"
+    done = 0 if _missing(done) else int(done)
+    if status in ("FAILED", "KILLED"):
+        reason = row.get("failure_reason")
+        return f"{label} {status}" + (f": {reason}" if isinstance(reason, str) and reason else "")
+    if status in ACTIVE_STATUSES:
+        return f"{label} running ({done}{of} epochs done)"
+    if status == "FINISHED" and not row.get("stopped_early") and not _all_epochs(row):
+        return f"{label} incomplete: finished after {done}{of} epochs"
+    return f"{label} {row.get('outcome') or status.lower()}"
+
+
 def group_summary(
     trials: pd.DataFrame,
     by: Sequence[str],
     *,
     columns: Sequence[str] = ("val_acc_final", "test_acc_final", "test_acc_last10", "auc_final"),
+    counted: pd.Series | None = None,
 ) -> pd.DataFrame:
-    """Mean, std and count of `columns` per value of the params `by` (e.g. over seeds), sorted
-    by the mean of the first column, best first. Column names: `<col>_mean`, `<col>_std`, `n`."""
+    """Mean, sample std (ddof=1) and count of `columns` per value of the params `by` (e.g. over
+    seeds), sorted by the mean of the first column, best first. Column names: `<col>_mean`,
+    `<col>_std`, `n`.
+
+    `counted` (bool per trial, e.g. `ran_to_the_end(trials)`): the statistics and `n` use only
+    the counted trials, and two more columns say what was left out: `runs` (all trials of the
+    group) and `not_counted` (`seed 124 FAILED: reason; seed 2 running`, "" when none) — a
+    failed seed is flagged, never averaged in silently. A group with no counted trial keeps its
+    row (nan means, n = 0)."""
     missing = [b for b in by if b not in trials]
     if missing:
         raise KeyError(f"cannot group by {missing}: not a param of these trials")
     cols = [c for c in columns if c in trials]
-    grouped = trials.groupby(list(by), dropna=False)[cols]
-    stats = grouped.agg(["mean", "std"])
+    keys = list(by)
+    mask = pd.Series(True, index=trials.index) if counted is None else counted.astype(bool)
+    if "seed" in trials:  # name left-out trials in seed order
+        trials = trials.sort_values("seed", kind="stable", na_position="last")
+        mask = mask.reindex(trials.index)
+    frame = trials[cols].where(mask, np.nan)  # left-out trials: nan, which mean / std skip
+    frame[keys] = trials[keys]
+    frame["_n"] = mask.astype(int)
+    frame["_text"] = [
+        "" if keep else not_counted_text(row)
+        for keep, (_, row) in zip(mask, trials.iterrows(), strict=True)
+    ]
+    grouped = frame.groupby(keys, dropna=False)
+    stats = grouped[cols].agg(["mean", "std"])
     stats.columns = [f"{c}_{s}" for c, s in stats.columns]
-    stats["n"] = grouped.size()
+    stats["n"] = grouped["_n"].sum().astype(int)
+    if counted is not None:
+        stats["runs"] = grouped.size()
+        stats["not_counted"] = grouped["_text"].agg(lambda t: "; ".join(x for x in t if x))
     stats = stats.reset_index()
     if cols:
         stats = stats.sort_values(f"{cols[0]}_mean", ascending=False, na_position="last")
@@ -374,14 +501,25 @@ def group_summary(
 
 
 def default_grouping(sweep: Sweep) -> list[str]:
-    """Group by the searched params other than the seed when the seed varies and some setting
-    repeats (a multi-seed sweep); otherwise no grouping."""
-    if SEED_PARAM not in sweep.searched:
-        return []
+    """How a sweep's trials group into configurations, or [] (nothing repeats).
+
+    - A paper grid's trials (tagged `dmx.cell`): by `cell`, one group per cell over its seeds.
+    - Trials tagged `dmx.config_id` (a configuration run with N seeds by Ray Tune's Repeater):
+      by `config_id`, plus the searched params other than the seed that are constant within
+      every configuration (so the table names each configuration's setting).
+    - Else, when the seed varies and some setting repeats: by the searched params other than the
+      seed."""
     rest = [p for p in sweep.searched if p != SEED_PARAM]
-    if not rest:
+    trials = sweep.trials
+    if trials["cell"].notna().any():
+        return ["cell"]
+    if "config_id" in trials and trials["config_id"].notna().any():
+        per_config = trials.groupby("config_id", dropna=False)
+        constant = [p for p in rest if (per_config[p].nunique(dropna=False) <= 1).all()]
+        return ["config_id", *constant]
+    if SEED_PARAM not in sweep.searched or not rest:
         return []
-    repeats = sweep.trials.groupby(rest, dropna=False).size().max()
+    repeats = trials.groupby(rest, dropna=False).size().max()
     return rest if repeats > 1 else []
 
 
@@ -437,6 +575,10 @@ def to_json(obj: Any) -> str:
 
 
 __all__ = [
+    "ACTIVE_STATUSES",
+    "EPOCHS_PARAM",
+    "GRID_TAG",
+    "IDENTITY_COLUMNS",
     "MIN_TRIALS_FOR_CORRELATION",
     "OBJECTIVE",
     "SUMMARY_COLUMNS",
@@ -448,9 +590,12 @@ __all__ = [
     "default_grouping",
     "group_summary",
     "load_sweep",
+    "not_counted_text",
     "objective_test_correlation",
     "parse_param",
     "rank_trials",
+    "ran_to_the_end",
+    "seed_label",
     "summarize_history",
     "varying_params",
 ]

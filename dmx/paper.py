@@ -2,10 +2,12 @@
 Learning with Noisy Labels as Semi-supervised Learning", arXiv:2002.07394).
 
 Every number carries the table and row it comes from. `dmx presets` prints them beside the
-presets; a paper-table report compares a sweep or a run against them. Test accuracy in %, as the
-paper reports it: CIFAR "best" is the best test accuracy over all epochs and "last" the mean over
-the last 10 epochs (paper, section 4.1); Clothing1M and WebVision are single numbers of the
-checkpoint chosen on the clean validation set (Clothing1M) or at the end of training (WebVision).
+presets; `python analysis/paper_table.py --experiment NAME` sets a paper grid's results beside
+them (`analysis.paper_table` maps each number to the dmx metric it compares with). Test
+accuracy in %, as the paper reports it: CIFAR "best" is the best test accuracy over all epochs
+and "last" the mean over the last 10 epochs (paper, section 4.1); Clothing1M and WebVision are
+single numbers of the checkpoint chosen on the clean validation set (Clothing1M) or at the end
+of training (WebVision).
 Standard library only: the command line imports it for `--help`-speed printing.
 """
 
@@ -36,6 +38,17 @@ class PaperResult:
     """WebVision-trained model on the ILSVRC12 validation set, top-1 (%)."""
     ilsvrc_top5: float | None = None
     """... and top-5 (%)."""
+
+    def numbers(self) -> dict[str, float]:
+        """The reported numbers by field name, in the paper's column order: `{"best": 94.6,
+        "last": 94.4}` (CIFAR) or `{"top1": ..., "top5": ..., "ilsvrc_top1": ...}`."""
+        names = ("best", "last", "top1", "top5", "ilsvrc_top1", "ilsvrc_top5")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    @property
+    def table(self) -> str:
+        """The table alone: "Table 1" (the README's short source column)."""
+        return self.source.split(",")[0]
 
     def summary(self) -> str:
         """`best 94.6 / last-10 94.4` or `top-1 77.32 top-5 91.64 (ILSVRC12 75.20 / 90.84)`."""
@@ -72,7 +85,7 @@ PAPER_RESULTS: dict[str, PaperResult] = {
         "clothing1m", "real-world", "Table 3, row DivideMix (Clothing1M)", top1=74.76
     ),
     # ---- Table 4: WebVision (first 50 classes) and ILSVRC12 val, top-1 / top-5 ---------------
-    "webvision": PaperResult(
+    "webvision-50": PaperResult(
         "webvision",
         "real-world (mini WebVision)",
         "Table 4, row DivideMix (WebVision and ILSVRC12 columns)",
@@ -82,7 +95,7 @@ PAPER_RESULTS: dict[str, PaperResult] = {
         ilsvrc_top5=90.84,
     ),
 }
-"""Keyed by dmx preset name (Clothing1M and WebVision by dataset until their presets exist)."""
+"""Keyed by dmx preset name: the paper-grid cell that runs the preset (`dmx.cell`) is this key."""
 
 
 def paper_result(name: str) -> PaperResult | None:

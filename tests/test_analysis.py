@@ -212,6 +212,23 @@ def test_grouping_and_correlation(sweep):
     assert corr["spearman"] == pytest.approx(1.0) and corr["regret"] == 0.0
 
 
+def test_groups_average_only_finished_trials_and_name_the_others(sweep):
+    """A failed seed (t6) and an ASHA-stopped one (t0) are flagged in their group, not averaged."""
+    groups = compare_cli.compare(sweep).groups
+    g = groups.set_index(["dividemix.lambda_u", "dividemix.p_threshold"])
+    assert g.loc[(25.0, 0.5), "runs"] == 3 and g.loc[(25.0, 0.5), "n"] == 2
+    assert g.loc[(25.0, 0.5), "not_counted"] == "seed 3 FAILED: RuntimeError: out of memory"
+    vals = [_metrics(25.0, s, EPOCHS - 1)["val_acc"] for s in SEEDS]  # seeds 1, 2 only
+    assert g.loc[(25.0, 0.5), "val_acc_final_mean"] == pytest.approx(np.mean(vals))
+    assert g.loc[(25.0, 0.5), "val_acc_final_std"] == pytest.approx(np.std(vals, ddof=1))
+    assert g.loc[(0.0, 0.5), "n"] == 1 and g.loc[(0.0, 0.5), "runs"] == 2
+    assert g.loc[(0.0, 0.5), "not_counted"] == "seed 1 stopped early (ASHA)"
+    assert g.loc[(50.0, 0.8), "not_counted"] == "" and g.loc[(50.0, 0.8), "n"] == 2
+    # without `counted` every trial is averaged (the plain statistics), as before
+    plain = group_summary(sweep.trials, ["dividemix.lambda_u"]).set_index("dividemix.lambda_u")
+    assert plain.loc[25.0, "n"] == 3 and "not_counted" not in plain
+
+
 def test_compare_cli(store, tmp_path, capsys):
     code = compare_cli.main(
         ["--experiment", EXPERIMENT, "--mlflow-uri", store["uri"], "--out", str(tmp_path)]
@@ -227,6 +244,7 @@ def test_compare_cli(store, tmp_path, capsys):
         and "Mean ± std per dividemix.lambda_u, dividemix.p_threshold (trials that ran" in out
     )
     assert "(n = 7). Only 7 trials" in out  # a correlation over 7 trials comes with a caveat
+    assert "| not averaged" in out and "seed 3 FAILED: RuntimeError: out of memory" in out
     assert "stopped early (ASHA)" in out and "| outcome" in out
     table = pd.read_parquet(tmp_path / "trials.parquet")
     assert table["trial_id"].iloc[0] == "t5" and len(table) == 7

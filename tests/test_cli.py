@@ -45,7 +45,7 @@ def test_the_paper_numbers_carry_their_source():
     for name, result in PAPER_RESULTS.items():
         assert result.source.startswith("Table "), name
         assert (result.best is not None) == (result.dataset.startswith("cifar")), name
-    assert PAPER_RESULTS["webvision"].summary() == (
+    assert PAPER_RESULTS["webvision-50"].summary() == (
         "top-1 77.32 top-5 91.64 (ILSVRC12 top-1 75.20 top-5 90.84)"
     )
     assert PAPER_RESULTS["clothing1m"].summary() == "top-1 74.76"

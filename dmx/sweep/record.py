@@ -57,9 +57,9 @@ def _grid_tags(spec: SweepSpec) -> dict[str, str]:
     if not spec.options.is_grid:
         return {}
     return {
-        "dmx.grid": "true",
-        "dmx.grid_cells": ",".join(spec.options.cells),
-        "dmx.grid_seeds": str(spec.options.seeds),
+        tracking.GRID_TAG: "true",
+        tracking.GRID_CELLS_TAG: ",".join(spec.options.cells),
+        tracking.GRID_SEEDS_TAG: str(spec.options.seeds),
     }
 
 
