@@ -98,9 +98,27 @@ PAPER_RESULTS: dict[str, PaperResult] = {
 """Keyed by dmx preset name: the paper-grid cell that runs the preset (`dmx.cell`) is this key."""
 
 
+PAPER_TABLES: dict[str, tuple[str, ...]] = {
+    "cifar": (  # Tables 1 and 2: CIFAR-10 sym 20/50/80/90 and asym 40, CIFAR-100 sym 20..90
+        "cifar10-sym-0.2",
+        "cifar10-sym-0.5",
+        "cifar10-sym-0.8",
+        "cifar10-sym-0.9",
+        "cifar10-asym-0.4",
+        "cifar100-sym-0.2",
+        "cifar100-sym-0.5",
+        "cifar100-sym-0.8",
+        "cifar100-sym-0.9",
+    ),
+    "clothing1m": ("clothing1m",),  # Table 3
+    "webvision": ("webvision-50",),  # Table 4
+}
+"""The paper's result tables as grids of dmx presets (`sweeps/paper.py --table NAME`)."""
+
+
 def paper_result(name: str) -> PaperResult | None:
     """The paper's numbers for preset (or dataset) `name`, or None (e.g. digits-sym-0.5)."""
     return PAPER_RESULTS.get(name)
 
 
-__all__ = ["PAPER_RESULTS", "PaperResult", "paper_result"]
+__all__ = ["PAPER_RESULTS", "PAPER_TABLES", "PaperResult", "paper_result"]

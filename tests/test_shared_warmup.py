@@ -92,9 +92,13 @@ def test_a_trial_on_a_shared_warmup_ends_bit_identical_to_one_that_trained_its_o
         tmp_path, **{"dividemix.lambda_u": 25.0, "dividemix.T": 0.7, "dividemix.p_threshold": 0.6}
     )
     store = (pafs.LocalFileSystem(), str(tmp_path / "sweep"))
+    import dmx.train
+
     trained = []
-    real = shared._train_warmup
-    monkeypatch.setattr(shared, "_train_warmup", lambda cfg: trained.append(cfg) or real(cfg))
+    real = dmx.train.setup
+    monkeypatch.setattr(
+        dmx.train, "setup", lambda cfg, **kw: trained.append(cfg) or real(cfg, **kw)
+    )
     warm_a = shared.shared_warmup_state(a, store)
     warm_b = shared.shared_warmup_state(b, store)  # loaded, not trained
     assert len(trained) == 1 and warm_a.epoch == warm_b.epoch == 1

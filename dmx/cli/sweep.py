@@ -130,6 +130,19 @@ def add_arguments(p: argparse.ArgumentParser, *, preset: str | None = None) -> N
         "in the MLflow Model Registry",
     )
     p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="train every configuration with N seeds (run.seed, +1, ...); the searcher sees their "
+        "mean objective (Ray Tune's Repeater), --num-samples counts configurations, ASHA is off",
+    )
+    p.add_argument(
+        "--no-share-warmup",
+        action="store_true",
+        help="every trial trains its own warmup (default: trials whose warmup would be "
+        "identical share one, trained by the first of them)",
+    )
+    p.add_argument(
         "--smoke-test",
         action="store_true",
         help="small CNN, 2000 images, 3 epochs, 3 trials: the pipeline in minutes",
@@ -165,6 +178,8 @@ def sweep_options(args: argparse.Namespace, name: str) -> Any:
         max_failures=args.max_failures,
         seed=args.seed if args.seed is not None else 0,
         register_model=args.register_model,
+        seeds=args.seeds or 1,
+        share_warmup=not args.no_share_warmup,
         **{flag: value for flag, value in given.items() if value is not None},
     )
 
@@ -304,14 +319,24 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(
-    preset: str | None = None, argv: Sequence[str] | None = None, *, description: str | None = None
+    preset: str | None = None,
+    argv: Sequence[str] | None = None,
+    *,
+    description: str | None = None,
+    search: Sequence[str] = (),
 ) -> int:
-    """Entry point of a sweep script: `raise SystemExit(main("cifar10-asym-0.4"))`."""
+    """Entry point of a sweep script: `raise SystemExit(main("cifar10-asym-0.4"))`. `search`: the
+    script's own search space, in place of the default (lambda_u, T, p_threshold) dimensions;
+    `--search` adds to it or narrows it."""
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     add_arguments(parser, preset=preset)
-    return run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if search:
+        args.search = [*search, *args.search]
+        args.no_default_search = True
+    return run(args)
 
 
 __all__ = [

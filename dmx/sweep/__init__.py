@@ -2,9 +2,12 @@
 
 - `space`: the search space (`--search KEY=LOW:HIGH[:log]` / `KEY=A,B,C`), no Ray;
 - `trial`: the Tune trainable (one `dmx.train.fit` run, resumed from Tune's checkpoints);
-- `driver`: run, resume and summarise a sweep; `spec`: how a sweep runs (`SweepOptions`) and what
-  it was started with (`SweepSpec`, stored beside it); `lock`: one driver per sweep;
-  `callbacks`: the driver's end-of-trial MLflow bookkeeping.
+- `recovery`: a restarted trial's state from the newest intact checkpoint; `warmup`: one
+  warmup per distinct warmup, shared by the trials;
+- `driver`: run (a search, or a grid of presets x seeds), resume and summarise a sweep; `tuner`:
+  its Tuner (Optuna TPE + ASHA, Repeater for seeds, or a grid); `record`: its MLflow record;
+  `spec`: how a sweep runs (`SweepOptions`) and what it was started with (`SweepSpec`, stored
+  beside it); `lock`: one driver per sweep; `callbacks`: the driver's end-of-trial bookkeeping.
 """
 
 from dmx.sweep.callbacks import MlflowStatusCallback
@@ -14,6 +17,7 @@ from dmx.sweep.driver import (
     SweepResult,
     best_result,
     resume_sweep,
+    run_grid,
     run_sweep,
 )
 from dmx.sweep.space import (
@@ -48,6 +52,7 @@ __all__ = [
     "parse_dimension",
     "preset_point",
     "resume_sweep",
+    "run_grid",
     "run_sweep",
     "train_trial",
 ]

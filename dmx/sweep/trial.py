@@ -183,8 +183,9 @@ def _open_trial_run(
         parent_run_id=context.parent_run_id,
         flat_config=flat,
         run_id=(state.mlflow_run_id or None) if state is not None else None,
-        # Named by what differs between trials (`λu=25 T=0.5 p=0.5`); Tune's name is a tag.
-        run_name=ui.trial_run_name(flat, context.searched) or tune_context.get_trial_name(),
+        # Named by what differs between trials (`λu=25 T=0.5 p=0.5`, `cifar10-sym-0.5 seed=124`);
+        # Tune's name is a tag.
+        run_name=_run_name(flat, context.searched, tags) or tune_context.get_trial_name(),
         tags=tags,
     )
     if state is not None:
@@ -192,6 +193,17 @@ def _open_trial_run(
         if tracking.WARMUP_SHARED_TAG not in tags:
             logger.set_tags({tracking.RESTORED_TAG: state.epoch})
     return logger
+
+
+def _run_name(flat: dict[str, Any], searched: tuple[str, ...], tags: dict[str, str]) -> str:
+    """A grid trial: `CELL seed=N`; a search trial: its searched values (`λu=25 T=0.5 p=0.5`),
+    and `seed=N` when its configuration runs with several seeds."""
+    if tracking.CELL_TAG in tags:
+        return f"{tags[tracking.CELL_TAG]} seed={tags[tracking.SEED_TAG]}"
+    name = ui.trial_run_name(flat, searched)
+    if tracking.SEED_TAG in tags and "run.seed" not in searched:
+        name = f"{name} seed={tags[tracking.SEED_TAG]}".strip()
+    return name
 
 
 def trial_config(
@@ -246,11 +258,12 @@ def train_trial(
     if trial_id not in context.fresh_trials:  # restart_errored: from scratch on purpose
         checkpoint = newest_checkpoint(checkpoint)
     state = restore_state(checkpoint) if checkpoint is not None else None
+    sharing = None
     if state is None and context.share_warmup and (where := trial_storage()) is not None:
         fs, trial_path = where
-        state = shared.shared_warmup_state(cfg, (fs, trial_path.rpartition("/")[0]))
-        if state is not None:
-            tags[tracking.WARMUP_SHARED_TAG] = shared.warmup_key(cfg)
+        sharing = shared.SharedWarmup(cfg, (fs, trial_path.rpartition("/")[0]))
+        state = sharing.load_or_claim()  # None: this trial trains (and publishes) the warmup
+        tags[tracking.WARMUP_SHARED_TAG] = sharing.key + (" (loaded)" if state else " (trained)")
 
     logger = _open_trial_run(cfg, context, state=state, tags=tags) if context.tracking_uri else None
     # MLflow first: it stores the run id in the state before Tune's checkpoint is written, and
@@ -258,6 +271,7 @@ def train_trial(
     reporter = Reporters(
         # The noisy labels are the parent run's artifact: each trial references them.
         tracking.MlflowReporter(logger, copy_labels=False) if logger is not None else None,
+        sharing,  # publishes the warmup after its last epoch, when this trial trains it
         TuneReporter(warmup_epochs=cfg.dividemix.warmup_epochs),
     )
     try:
@@ -272,6 +286,9 @@ def train_trial(
         if logger is not None:
             logger.set_tags({"dmx.last_error": f"{type(exc).__name__}: {exc}"[:5000]})
         raise
+    finally:
+        if sharing is not None:
+            sharing.release()
 
 
 __all__ = [

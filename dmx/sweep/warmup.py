@@ -9,11 +9,12 @@ of a key trains it and publishes it, the others load it and go straight to their
 epoch. A searched setting that does touch warmup (optim.lr, run.seed, model.name, ...) changes
 the key, so sharing stops for that dimension by itself.
 
-On a local or NFS storage path, a trial holds an exclusive lock on the key while it trains the
-warmup: a second trial of that key waits and then loads it (the kernel drops the lock of a trial
-that dies, and the waiter then trains the warmup itself). A storage URI has no locks: there a
-trial that finds no checkpoint trains its own warmup and publishes it (identical bytes whoever
-wins).
+The trial that trains a key's warmup does it within its own run (`SharedWarmup` is one of its
+reporters and publishes the state after the last warmup epoch). On a local or NFS storage path it
+holds an exclusive lock on the key meanwhile: a second trial of that key waits and then loads it
+(the kernel drops the lock of a trial that dies, and the waiter then trains the warmup itself). A
+storage URI has no locks: there a trial that finds no checkpoint trains its own warmup and
+publishes it (identical bytes whoever wins).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pyarrow.fs as pafs
 
 from dmx.config import Config
 from dmx.files import sha256_bytes
+from dmx.reporting import Reporter
 from dmx.state import TrainState, checkpoint_path, load_checkpoint, save_checkpoint
 
 SHARED_DIR = "shared_warmup"
@@ -75,47 +77,71 @@ def for_trial(state: TrainState, cfg: Config) -> TrainState:
     return state
 
 
-def _train_warmup(cfg: Config) -> TrainState:
-    """The warmup epochs of `cfg`, run as its own run would run them (the same epoch function:
-    the run's later epochs do not exist yet for it)."""
-    from dmx.train import run_epoch, setup  # the loop, only when this trial trains the warmup
+class SharedWarmup(Reporter):
+    """One trial's use of the sweep's shared warmup store, `STORAGE/NAME/shared_warmup/KEY/`.
 
-    session = setup(cfg)
-    for epoch in range(cfg.resolved().dividemix.warmup_epochs):
-        run_epoch(session, epoch)
-    return session.state
+    `load_or_claim()`: the end-of-warmup state when the store holds it (then this trial starts
+    from it), else None: this trial trains the warmup itself, as part of its own run (its metrics
+    reach MLflow and Tune like any epoch's), and publishes the state at the end of its last warmup
+    epoch (this object is one of the run's reporters). On local / NFS storage the key is locked
+    from the claim until the warmup is published or the trial ends (`release`), so a second trial
+    of the key waits and then loads it; the kernel drops the lock of a trial that dies. A storage
+    URI has no locks: a trial that finds nothing trains and publishes (identical bytes whoever
+    wins)."""
+
+    def __init__(self, cfg: Config, storage: tuple[pafs.FileSystem, str]) -> None:
+        self.cfg = cfg.resolved()
+        self.warm = self.cfg.dividemix.warmup_epochs
+        self.key = warmup_key(self.cfg)
+        self.fs, root = storage
+        self.folder = f"{root.rstrip('/')}/{SHARED_DIR}/{self.key}"
+        self._fd: int | None = None
+        self.claimed = False
+
+    def load_or_claim(self) -> TrainState | None:
+        if self.warm < 1:
+            return None
+        if isinstance(self.fs, pafs.LocalFileSystem):
+            Path(self.folder).mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(Path(self.folder) / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # waits while another trial trains this warmup
+        found = _load(self.fs, self.folder, self.warm)
+        if found is not None:
+            self.release()
+            return for_trial(found, self.cfg)
+        self.claimed = True
+        return None
+
+    def epoch_end(self, epoch: int, metrics: dict[str, float], state: TrainState) -> None:
+        if self.claimed and state.epoch == self.warm:
+            _publish(self.fs, self.folder, state)
+            self.claimed = False
+            self.release()
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)  # releases the lock
 
 
 def shared_warmup_state(cfg: Config, storage: tuple[pafs.FileSystem, str]) -> TrainState | None:
-    """The TrainState at the end of `cfg`'s warmup: loaded from the sweep's shared store, or
-    trained here and published to it. None when `cfg` has no warmup epochs."""
-    warm = cfg.resolved().dividemix.warmup_epochs
-    if warm < 1:
-        return None
-    fs, root = storage
-    folder = f"{root.rstrip('/')}/{SHARED_DIR}/{warmup_key(cfg)}"
-    if isinstance(fs, pafs.LocalFileSystem):
-        return for_trial(_local(cfg, Path(folder), warm), cfg)
-    found = _load(fs, folder, warm)
-    if found is None:
-        found = _train_warmup(cfg)
-        _publish(fs, folder, found)
-    return for_trial(found, cfg)
+    """The TrainState at the end of `cfg`'s warmup from the shared store, training and
+    publishing it first when the store lacks it (outside a run: tests and tools). None when `cfg`
+    has no warmup epochs."""
+    from dmx.train import run_epoch, setup  # the loop, only when the warmup is trained here
 
-
-def _local(cfg: Config, folder: Path, warm: int) -> TrainState:
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    sharing = SharedWarmup(cfg, storage)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)  # waits while another trial trains this warmup
-        path = checkpoint_path(folder, warm)
-        if path.is_file():
-            return load_checkpoint(path)
-        state = _train_warmup(cfg)
-        save_checkpoint(state, folder, keep=1)  # atomic, with its sha256 sidecar
-        return state
+        found = sharing.load_or_claim()
+        if found is not None or sharing.warm < 1:
+            return found
+        session = setup(cfg)
+        for epoch in range(sharing.warm):
+            run_epoch(session, epoch)
+            sharing.epoch_end(epoch, session.state.metrics_history[-1], session.state)
+        return for_trial(session.state, cfg)
     finally:
-        os.close(fd)  # releases the lock
+        sharing.release()
 
 
 def _load(fs: pafs.FileSystem, folder: str, warm: int) -> TrainState | None:
@@ -131,12 +157,22 @@ def _load(fs: pafs.FileSystem, folder: str, warm: int) -> TrainState | None:
 
 
 def _publish(fs: pafs.FileSystem, folder: str, state: TrainState) -> None:
+    """The end-of-warmup state into the store, the checksum file first (a reader that finds the
+    checkpoint finds its sidecar; a torn copy fails its checksum and is not loaded)."""
     with tempfile.TemporaryDirectory(prefix="dmx-warmup-") as tmp:
         path = save_checkpoint(state, Path(tmp), keep=1)
         fs.create_dir(folder, recursive=True)
-        for local in (path.with_name(path.name + ".sha256"), path):  # checksum first
-            with fs.open_output_stream(f"{folder}/{local.name}") as dst:
+        for local in (path.with_name(path.name + ".sha256"), path):
+            with fs.open_output_stream(f"{folder}/{local.name}.tmp") as dst:
                 dst.write(local.read_bytes())
+            fs.move(f"{folder}/{local.name}.tmp", f"{folder}/{local.name}")
 
 
-__all__ = ["SHARED_DIR", "WARMUP_FREE_KEYS", "for_trial", "shared_warmup_state", "warmup_key"]
+__all__ = [
+    "SHARED_DIR",
+    "WARMUP_FREE_KEYS",
+    "SharedWarmup",
+    "for_trial",
+    "shared_warmup_state",
+    "warmup_key",
+]
