@@ -282,3 +282,26 @@ def test_mlflow_ui_in_a_real_browser(tiny_sweep):
     assert failures == [], f"{failures} (screenshots in {out})"
     assert (out / "experiment_runs.png").stat().st_size > 10_000
     assert (out / "compare_runs.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_trials_of_one_warmup_train_it_once(tiny_sweep):
+    """Issue 14, item 4: lambda_u, T and p_threshold differ between the trials, their warmup
+    does not: one trial trains it (inside its own run) and publishes it, the others load it.
+    Their warmup epochs are the same bit for bit: MLflow holds the same epoch-0 metrics for all.
+    (A trial on a loaded warmup ends as one that trained its own: tests/test_shared_warmup.py.)"""
+    from dmx.sweep.warmup import SHARED_DIR
+
+    client, _, _, children = _runs(tiny_sweep.uri)
+    shared = [r.data.tags[tracking.WARMUP_SHARED_TAG] for r in children]
+    keys = {t.split()[0] for t in shared}
+    assert len(keys) == 1, shared
+    assert sorted(t.split()[1] for t in shared) == ["(loaded)", "(loaded)", "(trained)"]
+    store = tiny_sweep.tmp_path / "results" / "tiny" / SHARED_DIR
+    assert [p.name for p in store.iterdir()] == list(keys)
+    assert (store / next(iter(keys)) / "ckpt-0001.pt").is_file()
+    epoch0 = {
+        key: {client.get_metric_history(r.info.run_id, key)[0].value for r in children}
+        for key in ("test_acc", "warmup_loss_net1", "warmup_loss_net2")
+    }
+    assert all(len(values) == 1 for values in epoch0.values()), epoch0
