@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from dmx.config import Config
-from dmx.evaluate import autocast, eval_metrics
+from dmx.evaluate import autocast, eval_batch_size, eval_metrics
 from dmx.fast import cpu_flags
 from dmx.presets import get_preset
 from dmx.state import load_checkpoint, rng_state, save_checkpoint
@@ -91,7 +91,10 @@ class Machine:
     other_cpu_share: float = 0.0  # of all cores, while the benchmark ran
 
     def shared(self) -> bool:
-        return self.other_cpu_share > 0.05 or self.load_before > 0.5
+        """Other processes used more than 5% of the CPUs while the benchmark ran (measured from
+        /proc, the benchmark's own processes left out; the load average before the start only
+        tells that something ran shortly before)."""
+        return self.other_cpu_share > 0.05
 
 
 @contextmanager
@@ -166,51 +169,61 @@ class Row:
     floor: float | None = None
 
 
-def measure(cfg: Config, max_iters: int) -> tuple[list[Row], dict]:
-    """Time each phase with dmx's code, then its compute floor."""
+def measure(cfg: Config, max_iters: int, repeats: int) -> tuple[list[Row], dict]:
+    """Time each phase with dmx's code, then its compute floor, alternately `repeats` times;
+    each figure is the fastest of its repeats (the VM's timings wander by 10% and more)."""
     s = setup(cfg)
     loop, data, nets, opts = s.loop, s.data, s.nets, s.opts
     device, run_cfg = data.device, loop.cfg
-    info = {"n_train": len(data), "device": str(device), "plan": run_cfg.run}
+    info = {"n_train": len(data), "device": str(device), "repeats": repeats}
     bs, wbs = run_cfg.optim.batch_size, run_cfg.optim.warmup_batch_size
-    rows = []
+    epoch = run_cfg.dividemix.warmup_epochs
+    n_eval = sum(len(data.eval_labels(sp)) for sp in data.eval_splits) * 2
     # Untimed first pass of each kind (allocator, oneDNN primitive caches, compiled graphs).
     _warm_up_kernels(s)
-
-    t, (_, n) = timed(lambda: warmup_epoch(nets[0], opts[0], loop, epoch=0, net_id=0), device)
-    rows.append(Row("warmup (1 net)", t, n))
-    m: dict = {}
-    epoch = run_cfg.dividemix.warmup_epochs
-    t, divisions = timed(lambda: divide_nets(s, m), device)
-    rows.append(Row("division (2 nets)", t, 2 * len(data)))
-    for k in (0, 1):
-        div = _capped(divisions[1 - k], max_iters * bs)
-        call = lambda k=k, div=div: dividemix_epoch(  # noqa: E731
-            nets[k], nets[1 - k], opts[k], loop, division=div, epoch=epoch, net_id=k
-        )
-        t, (out, n) = timed(call, device)
-        rows.append(Row(f"dividemix net{k + 1}", t, n))
-        info[f"labeled_net{k + 1}"] = int(div.labeled_mask.sum())
-    t, _ = timed(lambda: eval_metrics(nets, data, run_cfg), device)
-    n_eval = sum(len(data.eval_labels(sp)) for sp in data.eval_splits) * 2
-    rows.append(Row("test (2 nets)", t, n_eval))
-    with tempfile.TemporaryDirectory() as tmp:
-        s.state.net1, s.state.net2 = nets[0].state_dict(), nets[1].state_dict()
-        s.state.opt1, s.state.opt2 = opts[0].state_dict(), opts[1].state_dict()
-        s.state.rng = rng_state(loop.gen, loop.np_rng)
-        t_save, path = timed(lambda: save_checkpoint(s.state, Path(tmp)), device)
-        t_load, _ = timed(lambda: load_checkpoint(path), device)
-        info["checkpoint_mb"] = path.stat().st_size / 2**20
-    rows.append(Row("checkpoint save+load", t_save + t_load, 0))
-
     floors = Floor(s)
-    rows[0].floor = floors.warmup(len(data), wbs)
-    rows[1].floor = floors.eval_passes(2 * len(data))
-    for k in (0, 1):
-        div = _capped(divisions[1 - k], max_iters * bs)
-        n_lab = int(div.labeled_mask.sum())
-        rows[2 + k].floor = floors.dividemix(n_lab, len(div.indices) - n_lab, bs) if n_lab else 0.0
-    rows[4].floor = floors.eval_passes(n_eval)
+    real: dict[str, list[float]] = {}
+    floor: dict[str, list[float]] = {}
+    images: dict[str, int] = {}
+
+    def keep(table, name, seconds, n=None):
+        table.setdefault(name, []).append(seconds)
+        if n is not None:
+            images[name] = n
+
+    for _ in range(repeats):
+        t, (_, n) = timed(lambda: warmup_epoch(nets[0], opts[0], loop, epoch=0, net_id=0), device)
+        keep(real, "warmup (1 net)", t, n)
+        keep(floor, "warmup (1 net)", floors.warmup(len(data), wbs))
+        t, divisions = timed(lambda: divide_nets(s, {}), device)
+        keep(real, "division (2 nets)", t, 2 * len(data))
+        keep(floor, "division (2 nets)", floors.eval_passes(2 * len(data)))
+        for k in (0, 1):
+            div = _capped(divisions[1 - k], max_iters * bs)
+            call = lambda k=k, div=div: dividemix_epoch(  # noqa: E731
+                nets[k], nets[1 - k], opts[k], loop, division=div, epoch=epoch, net_id=k
+            )
+            t, (_, n) = timed(call, device)
+            name = f"dividemix net{k + 1}"
+            keep(real, name, t, n)
+            n_lab = int(div.labeled_mask.sum())
+            info[f"labeled_net{k + 1}"] = n_lab
+            keep(floor, name, floors.dividemix(n_lab, len(div.indices) - n_lab, bs))
+        t, _ = timed(lambda: eval_metrics(nets, data, run_cfg), device)
+        keep(real, "test (2 nets)", t, n_eval)
+        keep(floor, "test (2 nets)", floors.eval_passes(n_eval))
+        with tempfile.TemporaryDirectory() as tmp:
+            s.state.net1, s.state.net2 = nets[0].state_dict(), nets[1].state_dict()
+            s.state.opt1, s.state.opt2 = opts[0].state_dict(), opts[1].state_dict()
+            s.state.rng = rng_state(loop.gen, loop.np_rng)
+            t_save, path = timed(lambda: save_checkpoint(s.state, Path(tmp)), device)
+            t_load, _ = timed(lambda path=path: load_checkpoint(path), device)
+            info["checkpoint_mb"] = path.stat().st_size / 2**20
+        keep(real, "checkpoint save+load", t_save + t_load, 0)
+    rows = [
+        Row(name, min(times), images[name], min(floor[name]) if name in floor else None)
+        for name, times in real.items()
+    ]
     return rows, info
 
 
@@ -291,7 +304,7 @@ class Floor:
         return t
 
     def eval_passes(self, n: int) -> float:
-        bs = self.cfg.optim.eval_batch_size
+        bs = eval_batch_size(self.cfg, self.device)
         net = self.nets[0]
         net.eval()
         sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
@@ -340,7 +353,8 @@ def print_table(rows: list[Row], info: dict, machine: Machine, args, cfg: Config
     )
     print(
         f"# preset {cfg.preset}, model {cfg.model.name}, N={info['n_train']}, device "
-        f"{info['device']}, precision {cfg.run.precision}, fast {cfg.run.fast}, max_iters "
+        f"{info['device']}, precision {cfg.run.precision}, fast {cfg.run.fast}, fastest of "
+        f"{info['repeats']} repeats, max_iters "
         f"{args.max_iters or 'all'}, labelled net1/net2 {info.get('labeled_net1')}/"
         f"{info.get('labeled_net2')}, checkpoint {info['checkpoint_mb']:.1f} MB"
     )
@@ -380,12 +394,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast", action="store_true", help="run.fast=true")
     p.add_argument("--max-iters", type=int, default=0, help="cap DivideMix iterations per net")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: all cores)")
+    p.add_argument("--repeats", type=int, default=3, help="alternate real/floor, keep the fastest")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = bench_config(args)
     with watch_machine() as machine:
-        rows, info = measure(cfg, args.max_iters)
+        rows, info = measure(cfg, args.max_iters, args.repeats)
     print_table(rows, info, machine, args, cfg)
     return 0
 

@@ -33,6 +33,13 @@ def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextMan
     return contextlib.nullcontext()
 
 
+def eval_batch_size(cfg: Config, device: torch.device) -> int:
+    """optim.eval_batch_size, or by device when it is 0 (auto): 64 on a CPU, 1024 on CUDA."""
+    if cfg.optim.eval_batch_size:
+        return cfg.optim.eval_batch_size
+    return 1024 if device.type == "cuda" else 64
+
+
 def predict_logits(
     net: nn.Module, data: TrainData, split: str, cfg: Config, idx: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -41,7 +48,7 @@ def predict_logits(
     net.eval()
     out = []
     with torch.inference_mode():
-        for x in data.eval_batches(split, batch_size=cfg.optim.eval_batch_size, idx=idx):
+        for x in data.eval_batches(split, batch_size=eval_batch_size(cfg, data.device), idx=idx):
             with autocast(cfg, data.device):
                 out.append(net(x).float())
     if not out:
@@ -182,6 +189,7 @@ __all__ = [
     "autocast",
     "divide_net",
     "division_losses",
+    "eval_batch_size",
     "eval_metrics",
     "predict_logits",
     "sample_table",
