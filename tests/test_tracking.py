@@ -357,6 +357,31 @@ def test_a_trial_reporter_references_the_labels_and_logs_the_phase_as_a_tag(uri,
     assert inputs[0].tags[0].key == "mlflow.data.context"
     assert "epoch" not in run.data.metrics and "phase" not in run.data.metrics
     assert run.data.tags[tracking.PHASE_TAG] == "warmup"
+    assert run.data.tags[tracking.LABELS_SHA_TAG] == data.noisy.sha256  # provenance of the labels
+
+
+def test_a_trial_restarted_from_scratch_gets_a_new_run(uri):
+    """resume_sweep(restart_errored=True) restarts an errored trial from epoch 0: its run of the
+    earlier driver session is set aside (KILLED, trial tag renamed) and the trial's lookup opens a
+    new run; a retry within the new session keeps its run."""
+    exp = tracking.get_or_create_experiment(MlflowClient(uri), "restart", uri)
+    old = tracking.start_trial_run(
+        uri, exp, trial_id="t1", parent_run_id="p", flat_config={},
+        tags={tracking.SESSION_TAG: "old"},
+    )  # fmt: skip
+    old.log_metrics({"test_acc": 10.0}, step=0)
+    assert tracking.supersede_trial_run(uri, exp, "t1", session="new")
+    client = MlflowClient(uri)
+    gone = client.get_run(old.run_id)
+    assert gone.info.status == "KILLED" and gone.data.tags[tracking.TRIAL_TAG] == "t1~superseded"
+    new = tracking.start_trial_run(
+        uri, exp, trial_id="t1", parent_run_id="p", flat_config={},
+        tags={tracking.SESSION_TAG: "new"},
+    )  # fmt: skip
+    assert new.run_id != old.run_id and client.get_metric_history(new.run_id, "test_acc") == []
+    # a retry of the restarted trial in the same session: nothing set aside
+    assert not tracking.supersede_trial_run(uri, exp, "t1", session="new")
+    assert tracking.trial_run_id(uri, exp, "t1") == new.run_id
 
 
 def test_system_metrics_are_logged_for_a_run_written_by_id(uri, monkeypatch):

@@ -67,32 +67,51 @@ def cmd_presets(args: argparse.Namespace) -> int:
             for key, value in PRESETS[row["preset"]].items():
                 print(f"    {key} = {value}")
     print(
-        "\nPaper: Li, Socher, Hoi, ICLR 2020 (DivideMix), test accuracy in %: best over epochs /"
-        " mean of the last 10 (Tables 1-2). `dmx presets --verbose` shows each preset's "
+        "\nPaper: Li, Socher, Hoi, ICLR 2020 (DivideMix), test accuracy in %: CIFAR best over "
+        "epochs / mean of the last 10 (Tables 1-2), Clothing1M top-1 (Table 3), WebVision top-1 / "
+        "top-5 (Table 4). `dmx presets --verbose` shows each preset's "
         "settings and table row; `dmx config --preset NAME` its whole config."
     )
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from dmx.models import MODELS  # torch: only for this command
+    from dmx.models import MODELS, available_models  # torch: only for this command
 
+    backbones = [n for n in available_models() if n not in MODELS]
     for name in MODELS:
         print(name)
+    print(
+        f"torchvision:NAME ({len(backbones)} classifiers; torchvision:NAME.WEIGHTS pins weights):"
+    )
+    for start in range(0, len(backbones), 4):
+        print(
+            "    " + "  ".join(n.removeprefix("torchvision:") for n in backbones[start : start + 4])
+        )
     print("(or an import path pkg.module:factory, called with num_classes=)")
     return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:
     """The config `dmx train` would run with these options: "auto" fields resolved, each with the
-    rule it came from (so `--set data.dataset=cifar100` shows its 30 warmup epochs)."""
-    from dmx.presets import get_preset
+    rule it came from (so `--set data.dataset=cifar100` shows its 30 warmup epochs); a value a
+    preset or --set gave says so; the rest are the reference recipe's defaults."""
+    from dmx.presets import PRESETS, get_preset
 
     cfg = get_preset(args.preset) if args.preset else Config()
-    cfg = cfg.with_overrides(parse_sets(args.set))
+    sets = parse_sets(args.set)
+    cfg = cfg.with_overrides(sets)
     sources, docs = cfg.auto_sources(), field_docs()
+    from_preset = PRESETS.get(args.preset or "", {})
     for key, value in cfg.resolved().to_flat().items():
-        notes = [sources[key]] if key in sources else []
+        if key in sources:
+            notes = [sources[key]]
+        elif key in sets:
+            notes = ["--set"]
+        elif key in from_preset:
+            notes = [f"preset {args.preset}"]
+        else:
+            notes = []  # the reference recipe's default
         if args.docs and docs.get(key):
             notes.append(docs[key])
         print(f"{key} = {json.dumps(value)}" + "".join(f"    # {n}" for n in notes))

@@ -173,6 +173,7 @@ def _open_trial_run(
         ),
         "dmx.trial_name": tune_context.get_trial_name(),
         tracking.SWEEP_TAG: context.name,
+        tracking.SESSION_TAG: context.session,
         **tags,
     }
     flat = cfg.to_flat()
@@ -265,6 +266,11 @@ def train_trial(
         state = sharing.load_or_claim()  # None: this trial trains (and publishes) the warmup
         tags[tracking.WARMUP_SHARED_TAG] = sharing.key + (" (loaded)" if state else " (trained)")
 
+    if context.tracking_uri and trial_id in context.fresh_trials and checkpoint is None:
+        # Restarted from scratch on purpose: a new MLflow run, the old one ended and set aside.
+        tracking.supersede_trial_run(
+            context.tracking_uri, context.experiment_id, trial_id, session=context.session
+        )
     logger = _open_trial_run(cfg, context, state=state, tags=tags) if context.tracking_uri else None
     # MLflow first: it stores the run id in the state before Tune's checkpoint is written, and
     # tune.report (which may end this process when ASHA stops the trial) comes last.

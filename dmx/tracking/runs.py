@@ -20,10 +20,12 @@ from dmx.files import write_parquet_atomic
 from dmx.reporting import CLEAN_PROBS_FILE, CONFIG_FILE, NOISY_LABELS_FILE, Reporter
 from dmx.tracking.store import (
     FAILURE_TAG,
+    LABELS_SHA_TAG,
     PARENT_TAG,
     RESTORED_TAG,
     ROLE_TAG,
     RUN_DIR_TAG,
+    SUPERSEDED_TAG,
     SWEEP_TAG,
     TRIAL_TAG,
     RunLogger,
@@ -161,6 +163,29 @@ def trial_run_id(tracking_uri: str, experiment_id: str, trial_id: str) -> str:
     return _find_trial_run(client, experiment_id, trial_id) or ""
 
 
+SESSION_TAG = "dmx.driver_session"  # the driver session that opened a trial run
+
+
+def supersede_trial_run(
+    tracking_uri: str, experiment_id: str, trial_id: str, *, session: str
+) -> bool:
+    """A trial restarted from scratch on purpose (`resume_sweep(restart_errored=True)`) gets a NEW
+    run: its run of an earlier driver session is ended KILLED and its trial tag renamed
+    (`ID~superseded`), so that the trial's run lookup by `dmx.trial_id` no longer finds it. A run
+    of this `session` (a retry of the restarted trial) stays. False when nothing was set aside."""
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(uri)
+    run_id = _find_trial_run(client, experiment_id, trial_id)
+    if run_id is None:
+        return False
+    if retry(lambda: client.get_run(run_id)).data.tags.get(SESSION_TAG) == session:
+        return False
+    logger = RunLogger(uri, run_id)
+    logger.set_tags({TRIAL_TAG: f"{trial_id}~superseded", SUPERSEDED_TAG: "true"})
+    logger.finish("KILLED", reason="the trial was restarted from scratch (restart_errored)")
+    return True
+
+
 def end_trial_run(
     tracking_uri: str,
     experiment_id: str,
@@ -276,6 +301,7 @@ class MlflowReporter(Reporter):
                 self.logger.log_artifact(Path(tmp) / NOISY_LABELS_FILE)
         name = f"{cfg.data.dataset} noisy labels ({Path(data.noisy.path).stem})"
         log_dataset_input(self.logger, data.noisy, dataset_name=name)
+        self.logger.set_tags({LABELS_SHA_TAG: data.noisy.sha256})
         # The checkpoint is written before MLflow hears of its epoch: a process killed in between
         # left epochs that the resumed state holds and the run lacks. Log them now (steps the run
         # holds are skipped, so nothing is logged twice).
