@@ -71,16 +71,22 @@ def _cpu_seconds_of_others(own: set[int]) -> float:
 
 
 def _own_pids() -> set[int]:
-    """This process and its children (DataLoader workers, compile workers)."""
-    me, pids = os.getpid(), {os.getpid()}
+    """This process and all its descendants (DataLoader and compile workers, a subprocess, Ray's
+    raylet and workers)."""
+    parent = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                parent[int(entry.name)] = int(
+                    (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                )
             except OSError:
                 continue
-            if ppid == me:
-                pids.add(int(entry.name))
+    pids, grew = {os.getpid()}, True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in pids} - pids
+        pids |= more
+        grew = bool(more)
     return pids
 
 

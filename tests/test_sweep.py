@@ -16,6 +16,7 @@ from mlflow import MlflowClient
 from ray import tune
 
 from dmx import sweep as dmx_sweep
+from dmx import tracking
 from dmx.cli import main as dmx_main
 from dmx.presets import get_preset
 from dmx.state import CheckpointError
@@ -615,3 +616,110 @@ def test_a_sweep_says_where_everything_goes(tmp_path):
     ) in text
     assert f"optuna-dashboard sqlite:///{tmp_path}/s1/optuna.db" in text
     assert "MLflow run: r1" in text and "model:      models:/m-1" in text
+
+
+# ---- seeds per configuration, grids ---------------------------------------------------------
+def _captured_tuner(monkeypatch, spec, base):
+    """search_tuner's Tuner arguments, captured (no Ray)."""
+    from dmx.sweep import tuner as tuner_module
+
+    captured = {}
+    monkeypatch.setattr(tuner_module.tune, "Tuner", lambda fn, **kw: captured.update(kw))
+    tuner_module.search_tuner(spec, base, verbose=0)
+    return captured
+
+
+def test_seeds_repeat_each_configuration_and_turn_asha_off(tmp_path, monkeypatch):
+    """--seeds 3: Ray Tune's Repeater gives every configuration Optuna proposes three trials
+    (num_samples x 3) and reports their mean to Optuna; ASHA, which would compare single seeds,
+    is off. One seed: Optuna alone, ASHA on."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import Repeater
+    from ray.tune.search.optuna import OptunaSearch
+
+    base = BASE.with_overrides({"data.val_fraction": 0.05}).resolved()
+    spec_for = lambda seeds: dmx_sweep.SweepSpec(  # noqa: E731
+        options=dmx_sweep.SweepOptions(
+            name=f"s{seeds}", storage_path=str(tmp_path), num_samples=4, seeds=seeds
+        ),
+        base_config=base.to_flat(),
+    )
+    (tmp_path / "s3").mkdir()
+    (tmp_path / "s1").mkdir()
+    three = _captured_tuner(monkeypatch, spec_for(3), base)["tune_config"]
+    assert isinstance(three.search_alg, Repeater) and three.search_alg.repeat == 3
+    assert isinstance(three.search_alg.searcher, OptunaSearch)
+    assert three.num_samples == 12 and three.scheduler is None
+    one = _captured_tuner(monkeypatch, spec_for(1), base)["tune_config"]
+    assert isinstance(one.search_alg, OptunaSearch) and one.num_samples == 4
+    assert isinstance(one.scheduler, ASHAScheduler)
+
+
+def test_a_repeated_configurations_seeds_share_one_config_id_and_differ_in_run_seed():
+    from dmx.sweep.trial import REPEAT_INDEX, _run_name, trial_config
+
+    base = BASE.with_overrides({"data.val_fraction": 0.05, "run.seed": 7}).to_flat()
+    searched = ("dividemix.lambda_u", "dividemix.T")
+    point = {"dividemix.lambda_u": 25.0, "dividemix.T": 0.5}
+    made = [trial_config({**point, REPEAT_INDEX: i}, base, {}, searched=searched) for i in range(3)]
+    assert [cfg.run.seed for cfg, _ in made] == [7, 8, 9]
+    assert [tags[tracking.SEED_TAG] for _, tags in made] == ["7", "8", "9"]
+    assert len({tags[tracking.CONFIG_TAG] for _, tags in made}) == 1
+    assert all(cfg.dividemix.lambda_u == 25.0 for cfg, _ in made)
+    other = trial_config(
+        {**point, "dividemix.lambda_u": 50.0, REPEAT_INDEX: 0}, base, {}, searched=searched
+    )[1]
+    assert other[tracking.CONFIG_TAG] != made[0][1][tracking.CONFIG_TAG]
+    name = _run_name({**base, **point}, searched, made[1][1])
+    assert name.endswith("seed=8") and "λu=25" in name
+    single_cfg, single_tags = trial_config(point, base, {}, searched=searched)
+    assert single_cfg.run.seed == 7 and single_tags == {}  # one seed: no seed or config tags
+
+
+def test_a_grid_trial_runs_its_cells_config_and_is_named_by_cell_and_seed():
+    from dmx.sweep.trial import _run_name, trial_config
+
+    cells = {
+        "cifar10-sym-0.2": get_preset("cifar10-sym-0.2").to_flat(),
+        "cifar10-asym-0.4": get_preset("cifar10-asym-0.4").to_flat(),
+    }
+    cfg, tags = trial_config({tracking.CELL_TAG: "cifar10-sym-0.2", "run.seed": 124}, {}, cells)
+    assert (cfg.noise.mode, cfg.noise.rate, cfg.run.seed) == ("sym", 0.2, 124)
+    assert tags == {tracking.CELL_TAG: "cifar10-sym-0.2", tracking.SEED_TAG: "124"}
+    assert _run_name(cfg.to_flat(), (), tags) == "cifar10-sym-0.2 seed=124"
+
+
+def test_grid_arguments_that_cannot_work_are_refused(tmp_path):
+    from dmx.cli.grid import grid_cells
+    from dmx.config import ConfigError
+
+    args = argparse.Namespace(
+        table="cifar", cells="cifar10-sym-0.2,cifar10-sym-0.3", smoke_test=False, set=[],
+        data_dir=None, download=False,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"cifar10-sym-0.3.*not in the cifar table.*choose"):
+        grid_cells(args)
+    args.cells = " , "
+    with pytest.raises(ConfigError, match="nothing"):
+        grid_cells(args)
+    cells = {"cifar10-sym-0.2": get_preset("cifar10-sym-0.2")}
+    options = dmx_sweep.SweepOptions(name="g", storage_path=str(tmp_path), cells=("other",))
+    with pytest.raises(dmx_sweep.SweepError, match="must name the grid's cells"):
+        dmx_sweep.run_grid(cells, options, track=False)
+    assert not (tmp_path / "g").exists()  # refused before anything was written
+
+
+def test_a_grid_whose_cells_disagree_on_the_base_seed_is_refused():
+    from dmx.sweep.tuner import grid_tuner
+
+    cells = {
+        "a": get_preset("cifar10-sym-0.2").to_flat(),
+        "b": get_preset("cifar10-sym-0.5").with_overrides({"run.seed": 1}).to_flat(),
+    }
+    spec = dmx_sweep.SweepSpec(
+        options=dmx_sweep.SweepOptions(name="g", cells=("a", "b")),
+        base_config=cells["a"],
+        cell_configs=cells,
+    )
+    with pytest.raises(dmx_sweep.SweepError, match="run.seed differ"):
+        grid_tuner(spec, verbose=0)

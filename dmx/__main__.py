@@ -1,0 +1,5 @@
+"""`python -m dmx ...`: the `dmx` command."""
+
+from dmx.cli import main
+
+raise SystemExit(main())
