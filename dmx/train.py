@@ -81,7 +81,7 @@ def setup(
     prepared = prepare_data(cfg)
     if state is not None:
         check_resume(cfg, state, prepared.noisy)
-    run_cfg = fast.run_config(cfg, plan)  # cfg itself, unless run.fast turns things on
+    run_cfg = fast.run_config(cfg, plan, channels=prepared.dataset.channels)  # fast: + options
     data = load_train_data(run_cfg, prepared, device)
     nets, opts, loop, state = _start(run_cfg, prepared, data, state, progress)
     state.config = cfg.to_flat()  # the config as asked: a resume derives the same plan

@@ -79,7 +79,7 @@ def test_paper_grid_runs_resumes_and_tabulates(tmp_path):
         "--table", "cifar", "--cells", ",".join(CELLS), "--seeds", "2", "--smoke-test",
         "--data-dir", str(root), "--set", f"run.epochs={EPOCHS}", "--set", "data.subset=0",
         "--set", "model.name=tests.test_paper_grid:nan_for_cifar100_seed_124",
-        "--max-concurrent", "1", "--max-failures", "0", *common,
+        "--max-concurrent", "2", "--max-failures", "0", *common,
     ]  # fmt: skip
     folder = tmp_path / "results" / "grid"
     marker = uuid.uuid4().hex

@@ -777,3 +777,53 @@ def test_preact_resnet18_forward_is_the_references():
         for variant in ({"stem_relu": False}, {"shortcut_from_input": True}):
             other = _reference_preact_forward(model, x, **variant)
             assert (got - other).abs().max() > 1e-2, f"the test cannot see {variant}"
+
+
+# --------------------------------------------------------------------------------------------
+# The hot loop never waits for the device (issue 14, item 2)
+# --------------------------------------------------------------------------------------------
+HOST_READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+def count_host_reads(monkeypatch) -> list[str]:
+    """Every call, from now on, of a Tensor method that copies a value to the host (on CUDA: a
+    synchronisation), logged by name."""
+    log: list[str] = []
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def wrapper(self, *args, _original=original, _name=name, **kwargs):
+            log.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, wrapper)
+    return log
+
+
+@pytest.mark.parametrize("phase", ["warmup", "dividemix"])
+def test_host_reads_per_epoch_do_not_grow_with_the_number_of_batches(prepared, monkeypatch, phase):
+    """Loss sums and NaN checks stay on the device until the epoch ends: halving the batch size
+    (twice the batches) adds no read of a device value to the host, in either kind of epoch."""
+    reads = {}
+    for bs in (16, 8):
+        loop = make_loop(
+            prepared,
+            {"optim.batch_size": bs, "optim.warmup_batch_size": bs},
+            id_images=False,
+        )
+        net, peer = small_net(1), small_net(2)
+        opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+        division = make_division(np.arange(0, N_TRAIN, 2))  # 48 labelled, 48 unlabelled
+        with monkeypatch.context() as m:
+            log = count_host_reads(m)
+            if phase == "warmup":
+                _, seen = warmup_epoch(net, opt, loop, epoch=0, net_id=0)
+            else:
+                _, seen = dividemix_epoch(
+                    net, peer, opt, loop, division=division, epoch=2, net_id=0
+                )
+        assert seen > 0
+        reads[bs] = list(log)
+    assert len(reads[8]) == len(reads[16]), reads  # 12 batches read no more than 6 did
+    assert 1 <= len(reads[16]) <= 8, reads[16]  # a few reads per epoch, at its end (the counter
+    # sees them: the epoch loss sum is read once with float())
