@@ -56,7 +56,14 @@ def run_trial(args: argparse.Namespace, uri: str, storage: Path) -> tuple[float,
     from dmx.sweep import SweepOptions, run_grid
 
     cfg = get_preset(args.preset).with_overrides(config_overrides(args))
-    options = SweepOptions(name="overhead-trial", storage_path=str(storage), cells=(args.preset,))
+    # The trial gets the whole machine, as `dmx train` does (a trial runs torch with
+    # cpus_per_trial threads: fewer threads would be slower and sum in another order).
+    options = SweepOptions(
+        name="overhead-trial",
+        storage_path=str(storage),
+        cells=(args.preset,),
+        cpus_per_trial=os.cpu_count() or 1,
+    )
     start = time.perf_counter()
     result = run_grid({args.preset: cfg}, options, mlflow_uri=uri, verbose=0)
     wall = time.perf_counter() - start

@@ -342,10 +342,11 @@ class RunConfig:
     deterministic: bool = True
     """Deterministic algorithms and cudnn.benchmark off: resume is bit-identical on CPU."""
     fast: bool = False
-    """Deviation (changes the numerics): what the hardware supports to go faster: channels_last,
-    torch.compile of both nets, bf16 autocast only where it is native (CUDA, or a CPU with
-    avx512_bf16 / amx_bf16; elsewhere it is 5-10x slower), cudnn.benchmark on CUDA. Resume stays
-    bit-exact within the mode on the same machine (`dmx.fast`)."""
+    """Deviation (changes the numerics): what the hardware supports to go faster: channels_last
+    (images of more than one channel), torch.compile of both nets on CUDA (not on a CPU, where
+    compiled kernels would break bit-exact resume), bf16 autocast only where it is native (CUDA,
+    or a CPU with avx512_bf16 / amx_bf16; elsewhere it is 5-10x slower), cudnn.benchmark on
+    CUDA. Resume stays bit-exact within the mode on the same CPU (`dmx.fast`)."""
     keep_checkpoints: int = 2
     """How many epoch checkpoints to keep in RUN_DIR/checkpoints (>= 2 lets a corrupt latest
     checkpoint fall back to the previous one)."""

@@ -11,10 +11,12 @@ and logged with the run (`FastPlan.describe`):
   batch of an epoch or another batch size does not recompile, and dynamo's recompile limit raised
   to hold every graph the loop runs (grad / no-grad / inference mode x train / eval mode x batch
   size ranges: more than its default 8, past which it would silently run the rest eagerly). Not on
-  a CPU: there it measured no faster than channels_last alone (PreAct ResNet-18, batch 128, AVX2:
-  5.18 s per step compiled, 5.17 eager, after 65-90 s of compiling; benchmarks/README.md), and the
-  kernels Inductor picks follow the sizes each graph meets first, which differ between a run and
-  its resume;
+  a CPU, where resume must stay bit-exact: Inductor's CPU kernels follow the sizes each graph
+  meets first, which differ between a run and its resume (its first training step is a DivideMix
+  batch, not a warmup one), and a compiled run resumed in our test diverged from the
+  uninterrupted one. The price, measured on this project's AVX2 machine (benchmarks/README.md):
+  a PreAct ResNet-18 DivideMix epoch takes 147.6 s with channels_last, 127.6 s compiled as well,
+  176.1 s exact;
 - bf16 autocast only where bf16 is native: CUDA, or a CPU whose flags include avx512_bf16 or
   amx_bf16. On an AVX2-only CPU bf16 is emulated and 5-10x slower (benchmarks/README.md);
 - cudnn.benchmark on CUDA (the fastest convolution algorithms, chosen per shape).
