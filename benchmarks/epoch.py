@@ -102,6 +102,19 @@ class Machine:
         tells that something ran shortly before)."""
         return self.other_cpu_share > 0.05
 
+    def report(self) -> str:
+        """The machine-state line printed under every figure, and a warning when it was shared."""
+        text = (
+            f"# machine: load before {self.load_before:.2f}, after {self.load_after:.2f}; "
+            f"other processes used {100 * self.other_cpu_share:.1f}% of the CPUs meanwhile"
+        )
+        if self.shared():
+            text += (
+                "\n# WARNING: the machine was shared while this ran: these figures are not fit to "
+                "publish. Run again on an idle machine."
+            )
+        return text
+
 
 @contextmanager
 def watch_machine():
@@ -377,15 +390,7 @@ def print_table(rows: list[Row], info: dict, machine: Machine, args, cfg: Config
     dm_floor = sum(r.floor or 0 for r in dm) + (rows[1].floor or 0)
     print(f"| DivideMix epoch (division + both nets) | {epoch:.2f} | - | 100% | {dm_floor:.2f} | "
           f"{epoch / dm_floor:.3f} |")  # fmt: skip
-    print(
-        f"# machine: load before {machine.load_before:.2f}, after {machine.load_after:.2f}; "
-        f"other processes used {100 * machine.other_cpu_share:.1f}% of the CPUs meanwhile"
-    )
-    if machine.shared():
-        print(
-            "# WARNING: the machine was shared while this ran: these figures are not fit to "
-            "publish. Run again on an idle machine."
-        )
+    print(machine.report())
 
 
 def main(argv: list[str] | None = None) -> int:

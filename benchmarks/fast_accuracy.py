@@ -94,12 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# fast - exact final test accuracy: {diff:+.2f} points; the exact seeds' std "
         f"{spread:.2f} ({diff / spread:+.1f} std)"
     )
-    print(
-        f"# machine: load before {machine.load_before:.2f}, after {machine.load_after:.2f}; "
-        f"other processes used {100 * machine.other_cpu_share:.1f}% of the CPUs meanwhile"
-    )
-    if machine.shared():
-        print("# WARNING: the machine was shared while this ran: not fit to publish.")
+    print(machine.report())
     return 0
 
 

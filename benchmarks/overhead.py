@@ -118,12 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         f"# test accuracy at every epoch identical in both: {same} "
         f"(final {train_acc.get(args.epochs - 1)} / {trial_acc.get(args.epochs - 1)})"
     )
-    print(
-        f"# machine: load before {machine.load_before:.2f}, after {machine.load_after:.2f}; "
-        f"other processes used {100 * machine.other_cpu_share:.1f}% of the CPUs meanwhile"
-    )
-    if machine.shared():
-        print("# WARNING: the machine was shared while this ran: not fit to publish.")
+    print(machine.report())
     return 0
 
 

@@ -175,12 +175,7 @@ def main() -> None:
             if "(s)" in what
             else f"| {path} | {what} | {value:,.0f} |"
         )
-    print(
-        f"\n# machine: load before {machine.load_before:.2f}, after {machine.load_after:.2f}; "
-        f"other processes used {100 * machine.other_cpu_share:.1f}% of the CPUs meanwhile"
-    )
-    if machine.shared():
-        print("# WARNING: the machine was shared while this ran: not fit to publish.")
+    print("\n" + machine.report())
 
 
 if __name__ == "__main__":
