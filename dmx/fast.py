@@ -18,7 +18,7 @@ and logged with the run (`FastPlan.describe`):
   a PreAct ResNet-18 DivideMix epoch takes 147.6 s with channels_last, 127.6 s compiled as well,
   176.1 s exact;
 - bf16 autocast only where bf16 is native: CUDA, or a CPU whose flags include avx512_bf16 or
-  amx_bf16. On an AVX2-only CPU bf16 is emulated and 5-10x slower (benchmarks/README.md);
+  amx_bf16. On an AVX2-only CPU bf16 is emulated and 5-12x slower (benchmarks/README.md);
 - cudnn.benchmark on CUDA (the fastest convolution algorithms, chosen per shape).
 """
 

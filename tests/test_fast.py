@@ -12,9 +12,10 @@ import torch
 
 from dmx import fast
 from dmx.presets import get_preset
-from dmx.reporting import EpochCallback, Reporters, RunDirReporter
+from dmx.reporting import EpochCallback
 from dmx.state import load_latest_checkpoint
 from dmx.train import fit
+from tests.test_train import _strip, to_dir  # the run-dir reporters and timing-free metrics
 
 AVX2 = "fpu sse sse2 ssse3 sse4_1 sse4_2 avx fma avx2"
 
@@ -74,17 +75,6 @@ def _fast_cfg(tmp_path, epochs: int):
     )
 
 
-def _to_dir(path, *more):
-    return Reporters(RunDirReporter(path, keep_checkpoints=3), *more)
-
-
-def _strip(history):
-    return [
-        {k: v for k, v in m.items() if k not in ("epoch_seconds", "images_per_second")}
-        for m in history
-    ]
-
-
 def setup_channels_last(cfg) -> bool:
     from dmx.train import setup
 
@@ -108,12 +98,12 @@ def test_a_fast_run_resumes_bit_for_bit_within_the_mode(tmp_path, monkeypatch, c
 
         monkeypatch.setattr(prepare, "load_run_dataset", rgb)
     cfg = _fast_cfg(tmp_path, 3)
-    full = fit(cfg, reporter=_to_dir(tmp_path / "full"))
+    full = fit(cfg, reporter=to_dir(tmp_path / "full", cfg))
     cut = cfg.with_overrides({"run.epochs": 2})
-    fit(cut, reporter=_to_dir(tmp_path / "cut"))
+    fit(cut, reporter=to_dir(tmp_path / "cut", cut))
     state = load_latest_checkpoint(tmp_path / "cut" / "checkpoints")
     assert state.epoch == 2 and state.config["run.fast"] is True
-    resumed = fit(cfg, state=state, reporter=_to_dir(tmp_path / "cut"))
+    resumed = fit(cfg, state=state, reporter=to_dir(tmp_path / "cut", cfg))
     assert setup_channels_last(cfg) is (channels == 3)  # the layout the runs trained in
     for name in ("net1", "net2"):
         a, b = getattr(full, name), getattr(resumed, name)
